@@ -1,0 +1,183 @@
+"""Fans: PWM duty out, tachometer speed in, stall detection.
+
+``set_duty`` only records the wanted duty; ``apply`` writes the changed ones
+to ``hal.pwm_set`` once per tick (output phase). ``step(now_ms)`` (input
+phase) adds ``hal.tach_pulses`` to a per-fan window; when a window of at
+least ``window_ms`` (500 ms, rounded up to whole ticks) has passed, the speed
+is ::
+
+    rpm = pulses * 60000 / (pulses_per_rev * elapsed_ms)      (rounded)
+
+with the real elapsed time (a late tick does not inflate the speed). Pulses
+are capped at 16 000 per window and the elapsed time at 100 s, so
+``pulses * 60000`` <= 9.6e8 and ``pulses_per_rev * elapsed`` <= 8e5 stay
+small ints.
+
+States, judged on the duty the HAL is actually driving (the last ``apply``)::
+
+                 duty > 0                     spinup_ms passed
+        OFF ---------------------> SPINUP ----------------------> OK
+         ^                                (window restarted)     |  ^
+         |  duty 0 (from any state)                              |  | a window with
+         +-------------------------------------------------------+  | rpm >= stall_rpm
+                                                 a window with    v  |
+                                         rpm < stall_rpm while   STALLED
+                                         duty >= min_duty
+
+* Spin-up grace: after a start from 0 the fan has ``spinup_ms`` to reach
+  speed; the measuring window restarts when the grace ends, so the first
+  verdict uses a full window of a fan that should be at speed. A fan that
+  never starts is therefore STALLED ``spinup_ms + window_ms`` after the duty
+  was applied; one that stops while running, within two windows.
+* Below ``min_duty`` a fan may legitimately stand still, so it is not judged
+  (state OK). The thermal controller never drives a fan between 0 and its
+  ``min_duty``.
+* EV_FAN_STATE(source=fan, value=new state) is pushed when a fan enters or
+  leaves STALLED, the news an operator needs; the routine OFF/SPINUP/OK
+  cycle of a zone that switches its fans off is only in telemetry.
+"""
+
+from array import array
+
+from metal.core.compat import const, ticks_diff
+from metal.core.proto import (
+    EV_FAN_STATE,
+    FAN_OK,
+    FAN_STALLED,
+    FAN_SPINUP,
+    FAN_OFF,
+    R_OK,
+    R_UNKNOWN_TARGET,
+)
+
+WINDOW_MS = const(500)
+_PULSES_MAX = const(16000)  # per window: * 60000 stays below 2**30
+_ELAPSED_MAX = const(100000)  # ms: * pulses_per_rev (<= 8) stays small
+
+
+class FanBank:
+    def __init__(self, fans, hal, signals, events, tick_ms):
+        n = len(fans)
+        if tick_ms <= 0:
+            raise ValueError("tick_ms must be positive")
+        self.n = n
+        self.tick_ms = tick_ms
+        # whole ticks, at least WINDOW_MS
+        self.window_ms = ((WINDOW_MS + tick_ms - 1) // tick_ms) * tick_ms
+        self._pwm_set = hal.pwm_set
+        self._tach = hal.tach_pulses
+        self._push = events.push
+        self._v = signals.v
+        self._rpm0 = signals.fan_rpm0
+        self._state0 = signals.fan_state0
+
+        self.pwm_ch = array("i", [0] * n)
+        self.tach_ch = array("i", [0] * n)
+        self.ppr = bytearray(n)
+        self.stall_rpm = array("i", [0] * n)
+        self.spinup_ms = array("i", [0] * n)
+        self.min_duty = array("i", [0] * n)
+        self.zone = bytearray(n)
+        for i in range(n):
+            f = fans[i]
+            self.pwm_ch[i] = f.pwm_ch
+            self.tach_ch[i] = f.tach_ch
+            self.ppr[i] = f.pulses_per_rev
+            self.stall_rpm[i] = f.stall_rpm
+            self.spinup_ms[i] = f.spinup_ms
+            self.min_duty[i] = f.min_duty
+            self.zone[i] = f.zone
+
+        self.duty = array("i", [0] * n)  # wanted, per-mille
+        self.applied = array("i", [-1] * n)  # last written to the HAL (-1: never)
+        self.rpm = array("i", [0] * n)
+        self.state = bytearray([FAN_OFF] * n)
+        self._pulses = array("i", [0] * n)
+        self._win_start = array("i", [0] * n)
+        self._spin_start = array("i", [0] * n)
+        self._started = 0  # first step() sets the window starts
+        for i in range(n):
+            self._v[self._rpm0 + i] = 0
+            self._v[self._state0 + i] = FAN_OFF
+
+    def set_duty(self, i, permille):
+        """Record the duty for fan ``i`` (clamped to 0..1000); ``apply`` writes it."""
+        if not 0 <= i < self.n:
+            return R_UNKNOWN_TARGET
+        if permille < 0:
+            permille = 0
+        elif permille > 1000:
+            permille = 1000
+        self.duty[i] = permille
+        return R_OK
+
+    def apply(self):
+        """Write every changed duty to the PWM outputs (output phase)."""
+        for i in range(self.n):
+            d = self.duty[i]
+            if d != self.applied[i]:
+                self._pwm_set(self.pwm_ch[i], d)
+                self.applied[i] = d
+
+    def _set_state(self, i, st):
+        old = self.state[i]
+        if old != st:
+            self.state[i] = st
+            if old == FAN_STALLED or st == FAN_STALLED:
+                self._push(EV_FAN_STATE, i, st, 0)
+
+    def step(self, now_ms):
+        """Count tachometer pulses, close finished windows, update states."""
+        if not self._started:
+            self._started = 1
+            for i in range(self.n):
+                self._win_start[i] = now_ms
+                self._pulses[i] = 0
+        v = self._v
+        for i in range(self.n):
+            p = self._tach(self.tach_ch[i])
+            if p > 0:
+                acc = self._pulses[i] + p
+                if acc > _PULSES_MAX:
+                    acc = _PULSES_MAX
+                self._pulses[i] = acc
+
+            d = self.applied[i]
+            st = self.state[i]
+            if d <= 0:
+                if st != FAN_OFF:
+                    self._set_state(i, FAN_OFF)
+            elif st == FAN_OFF:
+                self._set_state(i, FAN_SPINUP)
+                self._spin_start[i] = now_ms
+                self._win_start[i] = now_ms
+                self._pulses[i] = 0
+            elif st == FAN_SPINUP:
+                if ticks_diff(now_ms, self._spin_start[i]) >= self.spinup_ms[i]:
+                    self._set_state(i, FAN_OK)
+                    # judge only on a window of a fan that should be at speed
+                    self._win_start[i] = now_ms
+                    self._pulses[i] = 0
+
+            elapsed = ticks_diff(now_ms, self._win_start[i])
+            if elapsed >= self.window_ms:
+                if elapsed > _ELAPSED_MAX:
+                    elapsed = _ELAPSED_MAX
+                den = self.ppr[i] * elapsed
+                rpm = (self._pulses[i] * 60000 + (den >> 1)) // den
+                self.rpm[i] = rpm
+                self._pulses[i] = 0
+                self._win_start[i] = now_ms
+                st = self.state[i]
+                if st == FAN_OK or st == FAN_STALLED:
+                    if d >= self.min_duty[i] and rpm < self.stall_rpm[i]:
+                        self._set_state(i, FAN_STALLED)
+                    else:
+                        self._set_state(i, FAN_OK)
+            elif elapsed < 0:
+                # the clock stepped back (cannot happen with ticks_ms): restart
+                self._win_start[i] = now_ms
+                self._pulses[i] = 0
+
+            v[self._rpm0 + i] = self.rpm[i]
+            v[self._state0 + i] = self.state[i]

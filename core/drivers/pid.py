@@ -1,0 +1,227 @@
+"""Integer PID for a cooling loop, plus a stepwise fan table.
+
+Pure math: no HAL, no clock, no allocation in ``update``. One ``Pid`` per
+thermal zone (phosphor-pid-control style): the measured temperature above the
+setpoint asks for more fan duty.
+
+Units and scaling
+-----------------
+Inputs are m°C, the output is fan duty in per-mille (‰). Gains follow
+``config.Zone``: ``kp`` is ‰ per °C ×1000 (so it is "m‰ per °C"), ``ki`` m‰
+per °C·s, ``kd`` m‰ per °C/s. Every gain must be in ``0 .. GAIN_MAX``
+(1 000 000 = a full 1000 ‰ output per 1 °C, per 1 °C·s or per 1 °C/s), and
+``dt_ms`` in ``1 .. 1000``.
+
+On a 32-bit MicroPython every intermediate must stay inside ±2**30
+(1 073 741 824) or it becomes a heap-allocated long. The terms are::
+
+    e   = clamp(measured - setpoint, ±E_MAX)              m°C, |e| <= 200 000
+    P   = kp * clamp(e, ±ep_lim) // 1000                   m‰
+    I  += (ki * clamp(e, ±ei_lim) // 1000) * dt_ms // 10   units of 1e-5 ‰ (10 µ‰)
+    D   = clamp(kd * clamp(dm, ±ed_lim) // dt_ms, ±D_MAX)   m‰, dm = measured - previous
+    out = round((P + I // 100 + D) / 1000)                 ‰
+
+``ep_lim = PRODUCT_MAX // kp`` (and likewise for ``ei_lim``/``ed_lim``) with
+``PRODUCT_MAX`` = 10**9, so every gain × error product is at most 10**9 < 2**30.
+The clamps never change a result that matters: at ``ep_lim`` the P term alone
+is already 1000 ‰ (the whole output span), at ``ei_lim`` the integral moves a
+full 1 ‰ per millisecond (the whole span in one second), and at ``ed_lim`` the
+D term is at least the whole span for any ``dt_ms <= 1000``. The integral is
+kept within ``[out_min, out_max]`` (at most 10**8 units) and one step adds at
+most 10**8 units, so ``I + step`` stays below 2.1e8; P (<= 1.08e6 m‰), I // 100
+(<= 1e6) and D (<= D_MAX = 2e6) sum to well under 2**30. The integral is held
+in 10 µ‰ so that small errors still integrate at a 10 ms tick: ki = 2000 with
+1 m°C of error adds 2 units (0.02 m‰) per 10 ms tick instead of rounding to 0.
+
+Anti-windup: conditional integration. The integral is not advanced in the
+direction the output is already pinned (by the [out_min, out_max] clamp or by
+the slew limit), and it is clamped to [out_min, out_max] itself, so a long
+saturation does not store error that must later be unwound as overshoot.
+
+Derivative acts on the measurement, not on the error, so a setpoint change
+does not kick the output. The first update after ``reset`` has no previous
+sample and uses D = 0.
+
+Bumpless transfer: ``reset(duty)`` (e.g. when a zone leaves manual or
+failsafe) makes the next ``update`` return ``duty`` by back-computing the
+integral from that update's P and D terms. When that would need an integral
+outside [out_min, out_max] (P alone asks for far less or far more), the
+integral takes the bound and the slew limit still moves the output at most
+``slew_per_tick`` away from ``duty``: never a jump.
+"""
+
+from array import array
+
+from metal.core.compat import const
+
+GAIN_MAX = const(1000000)
+E_MAX = const(200000)  # m°C: errors beyond ±200 °C are sensor garbage, not heat
+PRODUCT_MAX = const(1000000000)  # the largest gain × error product we form
+D_MAX = const(2000000)  # m‰: twice the output span is plenty for D
+_I_PER_PERMILLE = const(100000)  # integral units (10 µ‰) per ‰
+_I_PER_MPERMILLE = const(100)  # integral units per m‰
+
+
+def _clamp(x, lim):
+    if x > lim:
+        return lim
+    if x < -lim:
+        return -lim
+    return x
+
+
+def _lim(gain):
+    # Largest |error| whose product with ``gain`` stays within PRODUCT_MAX.
+    if gain == 0:
+        return E_MAX
+    lim = PRODUCT_MAX // gain
+    if lim > E_MAX:
+        return E_MAX
+    return lim
+
+
+def _div_toward_zero(a, b):
+    # Python's // floors; truncating toward zero keeps the integral symmetric
+    # (a floor would add a tiny downward bias to every negative step).
+    if a < 0:
+        return -((-a) // b)
+    return a // b
+
+
+class Pid:
+    def __init__(self, kp, ki, kd, out_min, out_max, slew_per_tick, dt_ms):
+        for g in (kp, ki, kd):
+            if not 0 <= g <= GAIN_MAX:
+                raise ValueError("pid gain out of range 0..%d" % GAIN_MAX)
+        if not 0 <= out_min <= out_max <= 1000:
+            raise ValueError("pid: need 0 <= out_min <= out_max <= 1000")
+        if slew_per_tick <= 0:
+            raise ValueError("pid: slew_per_tick must be positive")
+        if not 1 <= dt_ms <= 1000:
+            raise ValueError("pid: dt_ms out of range 1..1000")
+        self.kp = kp
+        self.ki = ki
+        self.kd = kd
+        self.out_min = out_min
+        self.out_max = out_max
+        self.slew = slew_per_tick
+        self.dt_ms = dt_ms
+        self._ep_lim = _lim(kp)
+        self._ei_lim = _lim(ki)
+        self._ed_lim = _lim(kd)
+        self._i_min = out_min * _I_PER_PERMILLE
+        self._i_max = out_max * _I_PER_PERMILLE
+        # Last terms, kept for telemetry and for the range test.
+        self.p = 0  # m‰
+        self.i = 0  # integral, 10 µ‰ units
+        self.d = 0  # m‰
+        self.out = out_min  # ‰, the last output
+        self._prev_mc = 0
+        self._have_prev = 0
+        self._bumpless = 0
+        self.reset(out_min)
+
+    def reset(self, duty):
+        """Restart from ``duty`` ‰: the next update outputs it (clamped)."""
+        if duty < self.out_min:
+            duty = self.out_min
+        elif duty > self.out_max:
+            duty = self.out_max
+        self.out = duty
+        self.i = duty * _I_PER_PERMILLE
+        self.d = 0
+        self._have_prev = 0
+        self._bumpless = 1
+
+    def _output(self):
+        # Unclamped output in ‰, rounded half up (P, D and I are all small).
+        return (self.p + self.i // _I_PER_MPERMILLE + self.d + 500) // 1000
+
+    def update(self, setpoint_mc, measured_mc):
+        """One control step; returns the duty in ‰ for this tick.
+
+        Both inputs are m°C within ±2**29 (sensor readings and setpoints are
+        within ±200 000), so their difference is still a small int."""
+        e = _clamp(measured_mc - setpoint_mc, E_MAX)
+        self.p = self.kp * _clamp(e, self._ep_lim) // 1000
+
+        if self._have_prev:
+            dm = _clamp(measured_mc - self._prev_mc, E_MAX)
+            dterm = self.kd * _clamp(dm, self._ed_lim) // self.dt_ms
+            self.d = _clamp(dterm, D_MAX)
+        else:
+            self.d = 0
+        self._prev_mc = _clamp(measured_mc, E_MAX)
+        self._have_prev = 1
+
+        if self._bumpless:
+            # Choose the integral so that P + I + D equals the held output.
+            self._bumpless = 0
+            i = (self.out * 1000 - self.p - self.d) * _I_PER_MPERMILLE
+            if i < self._i_min:
+                i = self._i_min
+            elif i > self._i_max:
+                i = self._i_max
+            self.i = i
+        else:
+            step = _div_toward_zero(self.ki * _clamp(e, self._ei_lim), 1000)
+            step = _div_toward_zero(step * self.dt_ms, 10)
+            if step != 0:
+                # Where would the output go without integrating this tick?
+                want = self._output()
+                last = self.out
+                pinned_high = want >= self.out_max or want > last + self.slew
+                pinned_low = want <= self.out_min or want < last - self.slew
+                if (step > 0 and not pinned_high) or (step < 0 and not pinned_low):
+                    i = self.i + step
+                    if i < self._i_min:
+                        i = self._i_min
+                    elif i > self._i_max:
+                        i = self._i_max
+                    self.i = i
+
+        out = self._output()
+        last = self.out
+        if out > last + self.slew:
+            out = last + self.slew
+        elif out < last - self.slew:
+            out = last - self.slew
+        if out > self.out_max:
+            out = self.out_max
+        elif out < self.out_min:
+            out = self.out_min
+        self.out = out
+        return out
+
+
+def steps_table(steps):
+    """Compile ``config.Zone.steps`` ((m°C, ‰), ... ascending) into the flat
+    ``array('i')`` [t0, d0, t1, d1, ...] that ``stepwise`` reads (start-up only)."""
+    flat = array("i", [0] * (2 * len(steps)))
+    prev = None
+    for k in range(len(steps)):
+        t = steps[k][0]
+        d = steps[k][1]
+        if prev is not None and t <= prev:
+            raise ValueError("steps must ascend in temperature")
+        if not 0 <= d <= 1000:
+            raise ValueError("step duty out of range 0..1000")
+        flat[2 * k] = t
+        flat[2 * k + 1] = d
+        prev = t
+    return flat
+
+
+def stepwise(table, temp_mc):
+    """Duty of the highest step whose temperature ``temp_mc`` has reached,
+    0 below the first step. ``table`` comes from ``steps_table``. Piecewise
+    constant without hysteresis: the PID alongside smooths the output."""
+    duty = 0
+    n = len(table)
+    k = 0
+    while k < n:
+        if temp_mc < table[k]:
+            break
+        duty = table[k + 1]
+        k += 2
+    return duty

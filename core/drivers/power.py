@@ -1,0 +1,552 @@
+"""Power rails: sequencing, monitoring and fault handling.
+
+Every rail has an enable output, a power-good input and (optionally) a current
+monitor. Rails form a forest: ``Rail.parent`` names the rail a rail depends on,
+always an earlier one, so ascending index order is a valid power-up order and
+descending index order a valid power-down order (dependents first).
+
+Per-rail state machine (every change is an EV_RAIL_STATE event, aux = RF_*)::
+
+                  on request / sequencer
+        +-----+  (parent ON, turn due) +--------+  power-good  +----+
+        | OFF |----------------------->| SEQ_ON |------------->| ON |
+        +-----+                        +--------+              +----+
+          ^  ^                     pg timeout|  | abort           | |  |
+          |  |                     (disabled)|  | (want off)      | |  | pg lost /
+          |  |                               v  v                 | |  | overcurrent
+          |  |  explicit off          +-------+ |   off (turn due)| |  | (disabled at once)
+          |  +------------------------| FAULT |<+-----------------+-+--+
+          |                           +-------+ |                 | |
+          |     explicit on (retry) -> SEQ_ON   |                 | |
+          |                                     v                 | |
+          |      off_delay_ms elapsed     +---------+  disable    | |
+          +-------------------------------| SEQ_OFF |<------------+ |
+          |                               +---------+               |
+          +---------------------------------------------------------+
+             parent failed (RF_PARENT) / emergency_off: disabled at once
+             (from ON, SEQ_ON or SEQ_OFF)
+
+Legal transitions (anything else is refused and counted in
+``illegal_transitions``, which stays 0 unless this module has a bug):
+OFF->SEQ_ON; SEQ_ON->ON|SEQ_OFF|FAULT|OFF; ON->SEQ_OFF|FAULT|OFF;
+SEQ_OFF->OFF; FAULT->OFF|SEQ_ON.
+
+How requests work. Each rail has a wanted level (``want``). Requests only
+change wanted levels, keeping two invariants: a rail wanted on has every
+ancestor wanted on, and a rail wanted off has every dependent wanted off. The
+sequencer in ``step()`` moves one rail at a time toward its wanted level:
+
+* a rail in SEQ_ON/SEQ_OFF is ``active``; nothing else starts until it settles
+  (SEQ_ON ends at power-good, pg timeout, or an abort when it is no longer
+  wanted; SEQ_OFF ends after the rail's ``off_delay_ms``);
+* otherwise downs go first: the highest-index rail that is ON and wanted off
+  is disabled (SEQ_OFF) -- its dependents, having higher indices, went before;
+* then ups: the lowest-index rail wanted on, OFF or FAULT, whose parent is ON
+  is enabled (SEQ_ON) -- so missing parents come up first, in order.
+
+When a rail settles the next one starts in the same tick, so the system state
+does not flicker through PARTIAL mid-sequence.
+
+Faults act at once, outside the sequencer: the failing rail is disabled and
+goes FAULT, then every dependent still enabled or settling is disabled in the
+same tick, deepest first (descending index), and goes OFF with RF_PARENT:
+their supply is gone, and "a rail is only ON while its parent is ON" must hold
+at the end of every tick. Overcurrent is checked only in ON (soft-start inrush
+in SEQ_ON is normal; a short there shows up as a pg timeout). Power-good is
+not filtered: a board with a noisy PG line filters it in its HAL.
+
+A FAULT rail stays FAULT (disabled, reason in ``fault``) until an explicit
+``request_off`` (-> OFF) or ``request_on``/``request_cycle``/``power_on_all``
+(a retry). Orderly downs (``power_off_all``, ``shed``) leave FAULT rails alone.
+
+Result codes: requests are checked in this order: R_UNKNOWN_TARGET (bad
+index), R_INVALID_ARGUMENT (bad cycle off time), R_REJECTED_BY_INTERLOCK
+(power-on while ``lockout`` is set or the caller passes ``veto``), R_BUSY (a
+rail the request would touch is settling, pending in the sequencer, or part of
+a running cycle), else R_OK. ``shed``, ``power_off_all`` and ``emergency_off``
+are safety actions: they never return R_BUSY, they preempt (a pending power-up
+in their scope is dropped, a rail in SEQ_ON is aborted, running cycles are
+cancelled).
+
+Cycle: ``request_cycle(i, off_ms)`` takes rail i and its dependents down in
+order, keeps rail i OFF for ``off_ms`` after it reached OFF, then brings back
+rail i, the dependents that were on or wanted on at the request, and any
+missing parents (like ``request_on``). A lockout active when the off time ends
+cancels the way back up.
+
+Measurements: ``step()`` reads every rail's mV and mA once per tick into
+``mv``/``ma`` (clamped to 0..65535 for the uint16 telemetry fields). A read
+error (READ_ERROR) reports 0 and counts in ``read_errors``; it never faults a
+rail -- a dead current monitor must not power the machine down, and power-good
+still protects the rail. ``publish()`` copies rail states and fault reasons
+into the signal board (``rail_fault`` is the RF_* reason while the rail is in
+FAULT, else RF_NONE); call it every tick after ``step()``.
+"""
+
+from array import array
+
+from metal.core.compat import const, ticks_diff
+from metal.core.hal import READ_ERROR
+from metal.core.proto import (
+    EV_POWER_STATE,
+    EV_RAIL_STATE,
+    PWR_FAULT,
+    PWR_OFF,
+    PWR_ON,
+    PWR_PARTIAL,
+    PWR_SEQ_OFF,
+    PWR_SEQ_ON,
+    R_BUSY,
+    R_INVALID_ARGUMENT,
+    R_OK,
+    R_REJECTED_BY_INTERLOCK,
+    R_UNKNOWN_TARGET,
+    RAIL_FAULT,
+    RAIL_OFF,
+    RAIL_ON,
+    RAIL_SEQ_OFF,
+    RAIL_SEQ_ON,
+    RF_NONE,
+    RF_OVERCURRENT,
+    RF_PARENT,
+    RF_PG_LOST,
+    RF_PG_TIMEOUT,
+    RF_SHED,
+)
+
+# Bit ``new`` of _LEGAL[old] is set when old -> new is a legal rail transition.
+_LEGAL = b"\x02\x1d\x19\x01\x03"
+
+DEFAULT_CYCLE_OFF_MS = const(1000)
+# Longest accepted cycle off time: well inside ticks_diff's half range (2**29 ms).
+MAX_CYCLE_OFF_MS = const(3600000)
+_MV_MAX = const(65535)
+
+# cycle phases (per cycle root rail)
+_CYC_NONE = const(0)
+_CYC_DOWN = const(1)  # waiting for the root to reach OFF
+_CYC_WAIT = const(2)  # root OFF, timing the off time
+
+
+class PowerController:
+    def __init__(self, rails, hal, signals, events):
+        n = len(rails)
+        if n > 30:
+            raise ValueError("power: at most 30 rails")
+        self.n = n
+        self.ch = array("i", [0] * n)
+        self.parent = array("i", [0] * n)
+        self.pg_timeout_ms = array("i", [0] * n)
+        self.overcurrent_ma = array("i", [0] * n)
+        self.off_delay_ms = array("i", [0] * n)
+        for i in range(n):
+            r = rails[i]
+            if not -1 <= r.parent < i:
+                raise ValueError("power: " + r.name + ".parent must name an earlier rail")
+            self.ch[i] = r.ch
+            self.parent[i] = r.parent
+            self.pg_timeout_ms[i] = r.pg_timeout_ms
+            self.overcurrent_ma[i] = r.overcurrent_ma
+            self.off_delay_ms[i] = r.off_delay_ms
+        self.state = bytearray(n)  # RAIL_*
+        self.fault = bytearray(n)  # RF_* while FAULT, else RF_NONE
+        self.want = bytearray(n)  # 1 = should be on
+        self.down_reason = bytearray(n)  # RF_* carried by the events of a pending down
+        self.t0 = array("i", [0] * n)  # when the rail entered SEQ_ON / SEQ_OFF
+        self.mv = array("i", [0] * n)
+        self.ma = array("i", [0] * n)
+        self.cyc = bytearray(n)  # _CYC_* for a cycle rooted at this rail
+        self.cyc_root = bytearray(n)  # root index + 1 of the cycle a rail belongs to, 0 none
+        self.cyc_back = bytearray(n)  # 1 = comes back on when its cycle's off time ends
+        self.cyc_off_ms = array("i", [0] * n)
+        self.cyc_t0 = array("i", [0] * n)
+        self._mark = bytearray(n)  # scratch: subtree membership
+        self.active = -1  # the rail in SEQ_ON/SEQ_OFF, -1 none
+        self.power_state = PWR_OFF
+        self.lockout = 0  # set by the firmware while a lockout interlock is active
+        self.illegal_transitions = 0
+        self.read_errors = 0
+        self.now_ms = 0  # time of the last step()
+
+        self._enable = hal.rail_enable
+        self._pg = hal.rail_power_good
+        self._read_mv = hal.rail_mv
+        self._read_ma = hal.rail_ma
+        self._push = events.push
+        self._sig = signals.v
+        self._sig_state0 = signals.rail_state0
+        self._sig_fault0 = signals.rail_fault0
+
+        # Boot: every rail disabled, dependents first, whatever the pins did before.
+        for i in range(n - 1, -1, -1):
+            self._enable(self.ch[i], 0)
+
+    # -- requests (command path) ---------------------------------------------------
+    def request_on(self, i, veto=0):
+        """Power rail ``i`` on, bringing up missing parents first, in order."""
+        if i < 0 or i >= self.n:
+            return R_UNKNOWN_TARGET
+        if self.lockout or veto:
+            return R_REJECTED_BY_INTERLOCK
+        j = i
+        while j >= 0:
+            if self._busy(j):
+                return R_BUSY
+            j = self.parent[j]
+        self._want_chain_on(i)
+        return R_OK
+
+    def request_off(self, i):
+        """Power rail ``i`` off, its dependents first; clears a FAULT on ``i``."""
+        if i < 0 or i >= self.n:
+            return R_UNKNOWN_TARGET
+        self._mark_subtree(i)
+        m = self._mark
+        for j in range(i, self.n):
+            if m[j] and self._busy(j):
+                return R_BUSY
+        self._want_subtree_off(RF_NONE)
+        if self.state[i] == RAIL_FAULT:
+            self._set_state(i, RAIL_OFF, RF_NONE)
+            self._update_power_state()
+        return R_OK
+
+    def request_cycle(self, i, off_ms=DEFAULT_CYCLE_OFF_MS, veto=0):
+        """Off (dependents first), ``off_ms`` off, then on again (see module doc)."""
+        if i < 0 or i >= self.n:
+            return R_UNKNOWN_TARGET
+        if off_ms < 0 or off_ms > MAX_CYCLE_OFF_MS:
+            return R_INVALID_ARGUMENT
+        if self.lockout or veto:
+            return R_REJECTED_BY_INTERLOCK
+        j = self.parent[i]
+        while j >= 0:
+            if self._busy(j):
+                return R_BUSY
+            j = self.parent[j]
+        self._mark_subtree(i)
+        m = self._mark
+        for j in range(i, self.n):
+            if m[j] and self._busy(j):
+                return R_BUSY
+        for j in range(i, self.n):
+            if m[j]:
+                self.cyc_back[j] = self.want[j]
+                self.cyc_root[j] = i + 1
+        self.cyc_back[i] = 1
+        self._want_subtree_off(RF_NONE)
+        self.cyc[i] = _CYC_DOWN
+        self.cyc_off_ms[i] = off_ms
+        if self.state[i] == RAIL_FAULT:
+            self._set_state(i, RAIL_OFF, RF_NONE)
+            self._update_power_state()
+        return R_OK
+
+    def power_on_all(self, veto=0):
+        """Every rail on, in dependency order (FAULT rails are retried)."""
+        if self.lockout or veto:
+            return R_REJECTED_BY_INTERLOCK
+        for j in range(self.n):
+            if self._busy(j):
+                return R_BUSY
+        for j in range(self.n):
+            self.want[j] = 1
+        return R_OK
+
+    def power_off_all(self, reason=RF_NONE):
+        """Orderly power-down of every rail, in reverse order. Never busy."""
+        for j in range(self.n):
+            self.want[j] = 0
+            self.down_reason[j] = reason
+            self.cyc[j] = _CYC_NONE
+            self.cyc_root[j] = 0
+            self.cyc_back[j] = 0
+        return R_OK
+
+    def shed(self, i, reason=RF_SHED):
+        """Interlock action: rail ``i`` and its dependents down in order. Never busy."""
+        if i < 0 or i >= self.n:
+            return R_UNKNOWN_TARGET
+        self._mark_subtree(i)
+        self._want_subtree_off(reason)
+        self._cancel_cycles_in_mark()
+        return R_OK
+
+    def emergency_off(self, reason=RF_SHED):
+        """E-stop: disable every rail now, dependents first, in this call.
+
+        Every enable is driven low, even for rails already OFF or FAULT, so the
+        pins match whatever the state says. FAULT rails keep their FAULT.
+        """
+        st = self.state
+        for j in range(self.n - 1, -1, -1):
+            self._enable(self.ch[j], 0)
+            s = st[j]
+            if s == RAIL_ON or s == RAIL_SEQ_ON or s == RAIL_SEQ_OFF:
+                self._set_state(j, RAIL_OFF, reason)
+            self.want[j] = 0
+            self.cyc[j] = _CYC_NONE
+            self.cyc_root[j] = 0
+            self.cyc_back[j] = 0
+        self.active = -1
+        self._update_power_state()
+        return R_OK
+
+    # -- tick ---------------------------------------------------------------------
+    def step(self, now_ms):
+        self.now_ms = now_ms
+        n = self.n
+        st = self.state
+        want = self.want
+        # 1. measure and monitor, parents before dependents (ascending index), so a
+        #    collapsed parent is the one blamed and its dependents go RF_PARENT.
+        chs = self.ch
+        mvs = self.mv
+        mas = self.ma
+        ocs = self.overcurrent_ma
+        read_mv = self._read_mv
+        read_ma = self._read_ma
+        errors = 0
+        for i in range(n):
+            ch = chs[i]
+            v = read_mv(ch)
+            if v == READ_ERROR:
+                v = 0
+                errors += 1
+            elif v < 0:
+                v = 0
+            elif v > _MV_MAX:
+                v = _MV_MAX
+            mvs[i] = v
+            a = read_ma(ch)
+            ma_ok = 1
+            if a == READ_ERROR:
+                a = 0
+                ma_ok = 0
+                errors += 1
+            elif a < 0:
+                a = 0
+            elif a > _MV_MAX:
+                a = _MV_MAX
+            mas[i] = a
+            if st[i] == RAIL_ON:
+                if not self._pg(ch):
+                    self._fault(i, RF_PG_LOST)
+                elif ma_ok and ocs[i] and a > ocs[i]:
+                    self._fault(i, RF_OVERCURRENT)
+        if errors:
+            self.read_errors = (self.read_errors + errors) & 0x3FFFFFFF
+
+        # 2. a lockout drops every power-up not yet done (rails already ON stay:
+        #    powering down is the firmware's separate lockout action).
+        if self.lockout:
+            for j in range(n):
+                if want[j] and st[j] != RAIL_ON:
+                    want[j] = 0
+                    self.down_reason[j] = RF_SHED
+
+        # 3. the rail in transition
+        a = self.active
+        if a >= 0:
+            s = st[a]
+            if s == RAIL_SEQ_ON:
+                if not want[a]:
+                    self._enable(self.ch[a], 0)
+                    self._set_state(a, RAIL_SEQ_OFF, self.down_reason[a])
+                    self.t0[a] = now_ms
+                elif self._pg(self.ch[a]):
+                    self._set_state(a, RAIL_ON, RF_NONE)
+                    self.active = -1
+                elif ticks_diff(now_ms, self.t0[a]) >= self.pg_timeout_ms[a]:
+                    self._fault(a, RF_PG_TIMEOUT)
+            elif s == RAIL_SEQ_OFF:
+                if ticks_diff(now_ms, self.t0[a]) >= self.off_delay_ms[a]:
+                    self._set_state(a, RAIL_OFF, self.down_reason[a])
+                    self.active = -1
+            else:
+                self.active = -1
+
+        # 4. cycles: start the off timer when the root is OFF, come back when it ends
+        for r in range(n):
+            c = self.cyc[r]
+            if c == _CYC_DOWN:
+                if st[r] == RAIL_OFF:
+                    self.cyc[r] = _CYC_WAIT
+                    self.cyc_t0[r] = now_ms
+                    c = _CYC_WAIT
+            if c == _CYC_WAIT and ticks_diff(now_ms, self.cyc_t0[r]) >= self.cyc_off_ms[r]:
+                self._finish_cycle(r)
+
+        # 5. start the next transition
+        if self.active < 0:
+            self._start_next(now_ms)
+
+        self._update_power_state()
+
+    def publish(self):
+        """Rail states and fault reasons into the signal board."""
+        v = self._sig
+        s0 = self._sig_state0
+        f0 = self._sig_fault0
+        for i in range(self.n):
+            v[s0 + i] = self.state[i]
+            v[f0 + i] = self.fault[i]
+
+    # -- internals ------------------------------------------------------------------
+    def _busy(self, j):
+        """True while rail ``j`` is settling, pending in the sequencer, or cycling."""
+        s = self.state[j]
+        if s == RAIL_SEQ_ON or s == RAIL_SEQ_OFF:
+            return True
+        if self.cyc_root[j]:
+            return True
+        if self.want[j]:
+            return s != RAIL_ON
+        return s == RAIL_ON
+
+    def _set_state(self, i, new, reason):
+        old = self.state[i]
+        if old == new:
+            return
+        if not (_LEGAL[old] >> new) & 1:
+            self.illegal_transitions += 1
+            return
+        self.state[i] = new
+        if new != RAIL_FAULT:
+            self.fault[i] = RF_NONE
+        self._push(EV_RAIL_STATE, i, new, reason)
+
+    def _mark_subtree(self, i):
+        """_mark[j] = 1 for rail i and every rail that depends on it."""
+        m = self._mark
+        p = self.parent
+        for j in range(self.n):
+            m[j] = 0
+        m[i] = 1
+        for j in range(i + 1, self.n):
+            if p[j] >= 0 and m[p[j]]:
+                m[j] = 1
+
+    def _want_chain_on(self, i):
+        j = i
+        while j >= 0:
+            self.want[j] = 1
+            j = self.parent[j]
+
+    def _want_subtree_off(self, reason):
+        """Want off every rail in _mark."""
+        m = self._mark
+        for j in range(self.n):
+            if m[j]:
+                self.want[j] = 0
+                self.down_reason[j] = reason
+
+    def _cancel_cycles_in_mark(self):
+        """Rails in _mark will not come back from a cycle; cycles rooted there end."""
+        m = self._mark
+        n = self.n
+        for j in range(n):
+            if m[j]:
+                self.cyc_back[j] = 0
+                if self.cyc[j]:
+                    self.cyc[j] = _CYC_NONE
+                    root = j + 1
+                    for k in range(n):
+                        if self.cyc_root[k] == root:
+                            self.cyc_root[k] = 0
+
+    def _finish_cycle(self, r):
+        self.cyc[r] = _CYC_NONE
+        root = r + 1
+        back = 0
+        if not self.lockout:
+            back = 1
+        for k in range(self.n):
+            if self.cyc_root[k] == root:
+                self.cyc_root[k] = 0
+                if back and self.cyc_back[k]:
+                    self.want[k] = 1
+                self.cyc_back[k] = 0
+        if back:
+            self._want_chain_on(r)
+
+    def _fault(self, i, reason):
+        """Disable rail ``i`` now (FAULT), then its dependents deepest first (OFF)."""
+        self._enable(self.ch[i], 0)
+        self._set_state(i, RAIL_FAULT, reason)
+        self.fault[i] = reason
+        self.want[i] = 0
+        self._mark_subtree(i)
+        m = self._mark
+        st = self.state
+        for j in range(self.n - 1, i, -1):
+            if m[j]:
+                self.want[j] = 0
+                s = st[j]
+                if s == RAIL_ON or s == RAIL_SEQ_ON:
+                    self._enable(self.ch[j], 0)
+                    self._set_state(j, RAIL_OFF, RF_PARENT)
+                elif s == RAIL_SEQ_OFF:
+                    self._set_state(j, RAIL_OFF, RF_PARENT)
+        self._cancel_cycles_in_mark()
+        if self.active >= 0 and m[self.active]:
+            self.active = -1
+
+    def _start_next(self, now_ms):
+        st = self.state
+        want = self.want
+        n = self.n
+        for j in range(n - 1, -1, -1):
+            if not want[j] and st[j] == RAIL_ON:
+                self._enable(self.ch[j], 0)
+                self._set_state(j, RAIL_SEQ_OFF, self.down_reason[j])
+                self.t0[j] = now_ms
+                self.active = j
+                return
+        if self.lockout:
+            return
+        for j in range(n):
+            s = st[j]
+            if want[j] and (s == RAIL_OFF or s == RAIL_FAULT):
+                p = self.parent[j]
+                if p < 0 or st[p] == RAIL_ON:
+                    self._set_state(j, RAIL_SEQ_ON, RF_NONE)
+                    self._enable(self.ch[j], 1)
+                    self.t0[j] = now_ms
+                    self.active = j
+                    return
+
+    def _update_power_state(self):
+        st = self.state
+        n_on = 0
+        n_off = 0
+        seq_on = 0
+        seq_off = 0
+        fault = 0
+        for j in range(self.n):
+            s = st[j]
+            if s == RAIL_ON:
+                n_on += 1
+            elif s == RAIL_OFF:
+                n_off += 1
+            elif s == RAIL_SEQ_ON:
+                seq_on = 1
+            elif s == RAIL_SEQ_OFF:
+                seq_off = 1
+            else:
+                fault = 1
+        if fault:
+            p = PWR_FAULT
+        elif seq_on:
+            p = PWR_SEQ_ON
+        elif seq_off:
+            p = PWR_SEQ_OFF
+        elif n_off == self.n:
+            p = PWR_OFF
+        elif n_on == self.n:
+            p = PWR_ON
+        else:
+            p = PWR_PARTIAL
+        if p != self.power_state:
+            self.power_state = p
+            self._push(EV_POWER_STATE, 0, p, 0)

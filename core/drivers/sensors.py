@@ -1,0 +1,261 @@
+"""Temperature sensors: one read per sensor per tick, conversion to m°C, health.
+
+Conversions (integers only):
+
+* ``SENSOR_NTC``: ``hal.adc_read`` → ``ntc.classify`` (open / short) →
+  ``ntc.adc_to_mc``.
+* ``SENSOR_TMP117``: signed 16-bit register, 7.8125 m°C per LSB.
+  7.8125 = 125/16 exactly, so m°C = ``(raw * 125) >> 4`` (floor, like
+  ``raw * 78125 // 10000`` but |raw * 125| <= 4.1e6, while ``raw * 78125``
+  reaches 2.56e9 and would be a heap long on a 32-bit VM).
+* ``SENSOR_LM75``: signed 16-bit register in 1/256 °C, of which the top 9..11
+  bits are used. m°C = ``(raw >> 5) * 125`` (0.125 °C steps): exact for 9-,
+  10- and 11-bit parts, and undefined low bits of clones are ignored.
+
+The HAL may hand the 16-bit register either as 0..65535 or already
+sign-extended; both are accepted. ``READ_ERROR`` means no reading this tick.
+
+Health. A tick's reading is *valid* when it converts and lies in
+``[min_mc, max_mc]``; otherwise it has a *reason*: STALE (read error),
+OPEN/SHORT (NTC circuit), RANGE (out of range). A single bad sample does not
+drop a zone into failsafe, but a lost sensor is reported within
+``stale_ticks`` ticks::
+
+                       valid reading (silent: normal boot)
+        (boot) PENDING ---------------------------------------> OK
+            |                                                  ^ |
+            | stale_ticks invalid ticks in a row               | | stale_ticks invalid
+            | (event even if the reason is STALE: the host     | | ticks in a row
+            |  learns that a sensor never answered)            | v
+            +--------------------------------------------> FAULT(reason)
+                                 one valid reading: back to OK  |  ^
+                                                                +--+
+                        the same new reason for stale_ticks ticks in a row:
+                        FAULT(new reason)
+
+FAULT(reason) is the wire state SENSOR_STALE, _OPEN, _SHORT or _RANGE: the
+reason of the last invalid reading when the sensor went down. Changing the
+reason while down needs the new one to persist for ``stale_ticks`` ticks, so
+a flaky bus alternating between two failure modes cannot flood the event
+queue. PENDING publishes SENSOR_STALE; it only exists until the first valid
+reading or the first ``stale_ticks`` ticks. Every other state change pushes
+EV_SENSOR_STATE(source=sensor, value=new state).
+
+While a sensor is not OK it publishes ``TEMP_INVALID`` as its temperature;
+``mc`` keeps the last valid value for diagnostics. During the few ticks
+between the first bad sample and the state change, the last valid value is
+still published (the reading is held, not invented).
+
+Per zone, ``step`` also computes the hottest valid sensor (``zone_max_mc``),
+the number of sensors not OK (``zone_bad``) and the number still pending
+(``zone_pending``). A zone without sensors is never "all valid".
+"""
+
+from array import array
+
+from metal.core.compat import const
+from metal.core.config import SENSOR_NTC, SENSOR_TMP117, SENSOR_LM75
+from metal.core.drivers import ntc
+from metal.core.hal import READ_ERROR
+from metal.core.proto import (
+    EV_SENSOR_STATE,
+    SENSOR_OK,
+    SENSOR_STALE,
+    SENSOR_OPEN,
+    SENSOR_SHORT,
+    SENSOR_RANGE,
+)
+from metal.core.signals import G_MAX_TEMP, TEMP_INVALID
+
+_NONE = const(0)  # no invalid reason: the reading was valid
+
+
+def tmp117_to_mc(raw):
+    """m°C of a TMP117 result register (0..65535 or already signed)."""
+    raw &= 0xFFFF
+    if raw & 0x8000:
+        raw -= 0x10000
+    return (raw * 125) >> 4
+
+
+def lm75_to_mc(raw):
+    """m°C of an LM75 temperature register (0..65535 or already signed)."""
+    raw &= 0xFFFF
+    if raw & 0x8000:
+        raw -= 0x10000
+    return (raw >> 5) * 125
+
+
+class SensorBank:
+    def __init__(self, sensors, hal, signals, events, stale_ticks):
+        n = len(sensors)
+        if stale_ticks <= 0 or stale_ticks > 255:
+            raise ValueError("stale_ticks out of range 1..255")
+        n_zones = 0
+        for s in sensors:
+            if s.zone + 1 > n_zones:
+                n_zones = s.zone + 1
+        self.n = n
+        self.n_zones = n_zones
+        self.stale_ticks = stale_ticks
+        self._adc_read = hal.adc_read
+        self._i2c_read = hal.i2c_temp_read
+        self._push = events.push
+        self._v = signals.v
+        self._temp0 = signals.temp0
+        self._state0 = signals.sensor_state0
+        self._gmax = signals.global0 + G_MAX_TEMP
+
+        self.kind = bytearray(n)
+        self.ch = array("i", [0] * n)
+        self.zone = bytearray(n)
+        self.min_mc = array("i", [0] * n)
+        self.max_mc = array("i", [0] * n)
+        self.crit_mc = array("i", [0] * n)
+        for i in range(n):
+            s = sensors[i]
+            self.kind[i] = s.kind
+            self.ch[i] = s.ch
+            self.zone[i] = s.zone
+            self.min_mc[i] = s.min_mc
+            self.max_mc[i] = s.max_mc
+            self.crit_mc[i] = s.crit_mc
+
+        self.mc = array("i", [TEMP_INVALID] * n)  # last valid reading
+        self.state = bytearray([SENSOR_STALE] * n)  # published state
+        self.pending = bytearray([1] * n)  # 1 until the first verdict after boot
+        self.misses = bytearray(n)  # consecutive invalid ticks (saturates)
+        self.reason = bytearray(n)  # reason of the last invalid reading
+        self.reason_run = bytearray(n)  # consecutive ticks with that same reason
+        self._val = 0  # _read's conversion result (it returns only the reason)
+        self.max_mc_all = TEMP_INVALID  # hottest valid sensor of the whole board
+        self.zone_max_mc = array("i", [TEMP_INVALID] * n_zones)
+        self.zone_count = bytearray(n_zones)
+        self.zone_bad = bytearray(n_zones)
+        self.zone_pending = bytearray(n_zones)
+        for i in range(n):
+            self.zone_count[self.zone[i]] += 1
+        self._publish_all()
+
+    def _publish_all(self):
+        v = self._v
+        for i in range(self.n):
+            v[self._temp0 + i] = TEMP_INVALID
+            v[self._state0 + i] = self.state[i]
+        v[self._gmax] = TEMP_INVALID
+
+    # -- the tick ---------------------------------------------------------------
+    def _read(self, i):
+        """Read sensor ``i`` once: store the m°C in ``_val`` and return _NONE,
+        or return the reason the reading is not valid."""
+        kind = self.kind[i]
+        if kind == SENSOR_NTC:
+            raw = self._adc_read(self.ch[i])
+            if raw == READ_ERROR:
+                return SENSOR_STALE
+            c = ntc.classify(raw)
+            if c == ntc.NTC_OPEN:
+                return SENSOR_OPEN
+            if c == ntc.NTC_SHORT:
+                return SENSOR_SHORT
+            mc = ntc.adc_to_mc(raw)
+        elif kind == SENSOR_TMP117:
+            raw = self._i2c_read(self.ch[i])
+            if raw == READ_ERROR:
+                return SENSOR_STALE
+            mc = tmp117_to_mc(raw)
+        else:  # SENSOR_LM75 (config rejects other kinds)
+            raw = self._i2c_read(self.ch[i])
+            if raw == READ_ERROR:
+                return SENSOR_STALE
+            mc = lm75_to_mc(raw)
+        if mc < self.min_mc[i] or mc > self.max_mc[i]:
+            return SENSOR_RANGE
+        self._val = mc
+        return _NONE
+
+    def step(self, now_ms=0):
+        """Read every sensor once, update states, publish signals and the
+        per-zone summaries. ``now_ms`` is unused (ticks are the time base)."""
+        v = self._v
+        stale = self.stale_ticks
+        for i in range(self.n):
+            why = self._read(i)
+            st = self.state[i]
+            if why == _NONE:
+                self.mc[i] = self._val
+                self.misses[i] = 0
+                self.reason_run[i] = 0
+                if st != SENSOR_OK:
+                    self.state[i] = SENSOR_OK
+                    if self.pending[i]:
+                        self.pending[i] = 0  # first reading after boot: not news
+                    else:
+                        self._push(EV_SENSOR_STATE, i, SENSOR_OK, 0)
+            else:
+                if self.misses[i] < stale:
+                    self.misses[i] += 1
+                if why == self.reason[i]:
+                    if self.reason_run[i] < stale:
+                        self.reason_run[i] += 1
+                else:
+                    self.reason[i] = why
+                    self.reason_run[i] = 1
+                if self.pending[i] or st == SENSOR_OK:
+                    if self.misses[i] >= stale:
+                        self.pending[i] = 0
+                        self.state[i] = why
+                        self._push(EV_SENSOR_STATE, i, why, 0)
+                elif why != st and self.reason_run[i] >= stale:
+                    self.state[i] = why
+                    self._push(EV_SENSOR_STATE, i, why, 0)
+
+        # publish and summarise
+        for z in range(self.n_zones):
+            self.zone_max_mc[z] = TEMP_INVALID
+            self.zone_bad[z] = 0
+            self.zone_pending[z] = 0
+        hottest = TEMP_INVALID
+        for i in range(self.n):
+            st = self.state[i]
+            z = self.zone[i]
+            v[self._state0 + i] = st
+            if st == SENSOR_OK:
+                t = self.mc[i]
+                v[self._temp0 + i] = t
+                if t > hottest:
+                    hottest = t
+                if t > self.zone_max_mc[z]:
+                    self.zone_max_mc[z] = t
+            else:
+                v[self._temp0 + i] = TEMP_INVALID
+                self.zone_bad[z] += 1
+                if self.pending[i]:
+                    self.zone_pending[z] += 1
+        self.max_mc_all = hottest
+        v[self._gmax] = hottest
+
+    # -- per-zone queries (read the arrays computed by step) ------------------
+    def zone_max(self, z):
+        """Hottest valid sensor of zone ``z`` in m°C, TEMP_INVALID if none."""
+        if 0 <= z < self.n_zones:
+            return self.zone_max_mc[z]
+        return TEMP_INVALID
+
+    def zone_all_valid(self, z):
+        """1 when zone ``z`` has sensors and every one of them is OK."""
+        if 0 <= z < self.n_zones and self.zone_count[z] and not self.zone_bad[z]:
+            return 1
+        return 0
+
+    def zone_is_pending(self, z):
+        """1 while a sensor of zone ``z`` has had no verdict since boot."""
+        if 0 <= z < self.n_zones and self.zone_pending[z]:
+            return 1
+        return 0
+
+    def temp(self, i):
+        """Published temperature of sensor ``i`` (TEMP_INVALID when not OK)."""
+        if 0 <= i < self.n and self.state[i] == SENSOR_OK:
+            return self.mc[i]
+        return TEMP_INVALID

@@ -1,0 +1,939 @@
+"""Sans-I/O link state machine: handshake, sessions and the reliable channel.
+
+One class, ``Link``, used by both ends (protocol.md §3 and §11): the board
+firmware runs it with ``ROLE_BOARD``, the host bridge with ``ROLE_HOST``. It
+never touches a port or a clock: the caller feeds received bytes with
+``feed(data, start, end, now_ms)`` and asks for the next wire frame with
+``poll(now_ms, out, out_start)``; ``now_ms`` is a ticks value (ms mod 2**30)
+compared only with ``ticks_diff``/``ticks_add``.
+
+Board rules: everything is preallocated in ``__init__`` (a window of W
+frames inside a queue of Q reliable slots of MAX_PAYLOAD bytes, one slot per
+unreliable type, one frame scratch buffer, one Deframer/Encoder/Decoder);
+after that ``feed``, ``poll`` and ``send`` allocate nothing, return no tuples,
+read no slices, raise nothing, use no floats and keep every integer below
+2**30 (counters wrap with & 0x3FFFFFFF). Only the host-only paths allocate
+(choosing a session id, formatting a refusal text).
+
+Session state machine
+---------------------
+::
+
+  BOARD
+  =====
+                 host HELLO{0:p, 3:S}, S != session, proto_min <= p <= proto_max:
+                 reset link (seq := 0 both ways; unacked messages kept and
+                 renumbered from 0), session := S, answer HELLO{0,1,3:S,2,4..}
+        +------------------------------------------------------------+
+        |                                                            v
+  +---------------------+                                   +-----------------+
+  | IDLE                |  host HELLO{0:0, 3:0, 9:reason}   | CONNECTED       |
+  | session 0           |<----------------------------------| reliable        |
+  | HELLO every         |  (refused := True, counted)       | channel runs    |
+  | hello_interval;     |<----------------------------------|                 |
+  | reliable frames     |          disconnect()             |                 |
+  | neither sent nor    |                                   +-----------------+
+  | accepted            |          host HELLO, S == session: answer again, no reset
+  +---------------------+          host HELLO, S new: reset again (as above)
+   host HELLO with p outside proto_min..proto_max (either state): answer with our
+   HELLO (the host had not seen our range), nothing else changes
+
+  HOST
+  ====
+                     first poll(): probe with p := proto_max, or
+                     board HELLO, ranges overlap: p := highest common version
+  +------------------+ ---------------------------------------> +------------------+
+  | IDLE             |                                          | CONNECTING       |
+  | after a refusal  | <--------------------------------------- | new session S,   |
+  | it stays here    |  board HELLO, no common version: answer  | own link reset,  |
+  | (refused = True) |  HELLO{0:0, 3:0, 9:"board speaks        | HELLO{0:p, 3:S}  |
+  | until a board    |  protocol a..b, bridge speaks c..d"},    | now and every    |
+  | HELLO overlaps   |  refusal := that text                    | hello_interval   |
+  +------------------+                                          +------------------+
+           ^                                                      |    ^      ^   |
+           |                          board HELLO with session S  |    |      +---+ board HELLO, not
+           | board HELLO,             (the echo)                  v    |        the echo: keep S,
+           | no common version                        +------------------+      re-offer at once
+           +------------------------------------------| CONNECTED        |
+                                                      | reliable channel |
+                                                      +------------------+
+                   board HELLO with another session or another boot id (the board
+                   rebooted or lost the session): new S, back to CONNECTING (arrow up)
+
+While CONNECTING the host keeps its session S and re-offers HELLO(S) (with the
+version the latest board HELLO allows) on every board HELLO that is not the
+echo, so HELLOs crossing on the wire cannot livelock the handshake. Unreliable
+app messages (TELEMETRY/HEARTBEAT/LOG) wait in their slots until CONNECTED.
+
+Reliable channel (both roles, only while CONNECTED; protocol.md §11)
+--------------------------------------------------------------------
+::
+
+  send() ---> [ queue: Q slots, oldest first                          ]
+               |<-- in flight (<= W), seq una .. una+W-1 -->|<- new ->|
+  poll():  HELLO / NAK  >  retransmission (go-back-N from una)
+                        >  new reliable frame  >  TELEMETRY/HEARTBEAT/LOG
+                        >  bare ACK (only if an ack is owed)
+  every frame sent while CONNECTED carries F_ACK and ack = rcv_nxt.
+
+  receive seq s, d = (s - rcv_nxt) & 0xFF:
+      d == 0          deliver, rcv_nxt += 1, owe an ACK
+      d >= 256 - W    duplicate: drop, owe an ACK at once
+      1 <= d < W      ahead: drop, one NAK per expected value
+      otherwise       drop (counted out of order)
+  CRC/COBS/SHORT/OVERSIZE frame error  -> NAK, at most one per SRTT
+  ack a (any frame with F_ACK)         -> release frames before a, RTT sample
+                                          from the newest released frame if it
+                                          was sent once (Karn), restart timer
+  NAK                                  -> as ack, then retransmit the window
+                                          from una, at most once per SRTT
+  RTO expiry                           -> RTO *= 2 (clamped), retransmit window
+
+RTO (RFC 6298, integer ms, BSD scaling): srtt8 = 8*SRTT, rttvar4 = 4*RTTVAR;
+first sample R: SRTT = R, RTTVAR = R/2; then delta = R - SRTT,
+SRTT += delta/8, RTTVAR += (|delta| - RTTVAR)/4;
+RTO = SRTT + max(G, 4*RTTVAR), clamped to rto_min .. rto_max.
+"""
+
+from array import array
+
+from metal.core.cbor import K_MAP, K_TEXT, K_UINT, Decoder, Encoder
+from metal.core.compat import IS_MICROPYTHON, const, ticks_add, ticks_diff
+from metal.core.frame import Deframer, encode_frame
+from metal.core.proto import (
+    E_COBS,
+    E_CRC,
+    E_OK,
+    E_OVERSIZE,
+    E_SCHEMA,
+    E_SHORT,
+    F_ACK,
+    HEADER_LEN,
+    MAX_PAYLOAD,
+    MAX_WIRE,
+    PROTO_MAX,
+    PROTO_MIN,
+    RELIABLE_TYPES,
+    T_ACK,
+    T_HEARTBEAT,
+    T_HELLO,
+    T_LOG,
+    T_MAX,
+    T_NAK,
+    T_TELEMETRY,
+)
+
+ROLE_BOARD = const(0)
+ROLE_HOST = const(1)
+
+ST_IDLE = const(0)
+ST_CONNECTING = const(1)  # host only
+ST_CONNECTED = const(2)
+
+EV_NONE = const(0)
+EV_MESSAGE = const(1)
+
+# -- stats indices (link.stats[S_*], each wraps mod 2**30) ---------------------
+S_TX_FRAMES = const(0)
+S_RX_FRAMES = const(1)  # frames that passed the frame checks
+S_TX_BYTES = const(2)
+S_RX_BYTES = const(3)  # bytes consumed by feed()
+S_RETRANSMITS = const(4)  # reliable frames sent again
+S_CRC_ERRORS = const(5)
+S_COBS_ERRORS = const(6)
+S_OTHER_FRAME_ERRORS = const(7)  # SHORT, OVERSIZE, VERSION, TYPE
+S_NAKS_TX = const(8)
+S_NAKS_RX = const(9)
+S_DUPLICATES = const(10)  # reliable duplicates (and repeated TELEMETRY seq)
+S_OUT_OF_ORDER = const(11)  # reliable frames from ahead / out of window
+S_QUEUE_OVERFLOWS = const(12)  # send() refused: reliable queue full
+S_TELEMETRY_LOST = const(13)  # gaps in received TELEMETRY seq
+S_PAYLOAD_ERRORS = const(14)  # CBOR/schema errors in received payloads
+S_SESSIONS = const(15)  # sessions established (board: accepted; host: echo seen)
+S_TIMEOUTS = const(16)  # RTO expiries
+S_REFUSALS = const(17)  # version refusals (host: sent; board: received)
+S_IGNORED = const(18)  # frames ignored because not connected
+S_COUNT = const(19)
+
+_MASK = const(0x3FFFFFFF)
+_NU = const(3)  # unreliable app slots: TELEMETRY, HEARTBEAT, LOG
+_RTT_CAP = const(60000)  # RTT samples are clamped here (keeps srtt8 small)
+_NO_SLOT = const(0xFF)
+
+_CPY = not IS_MICROPYTHON
+
+
+class Link:
+    def __init__(
+        self,
+        role,
+        window=8,
+        queue=16,
+        proto_min=PROTO_MIN,
+        proto_max=PROTO_MAX,
+        hello_interval_ms=1000,
+        rto_init_ms=250,
+        rto_min_ms=30,
+        rto_max_ms=2000,
+        granularity_ms=10,
+        session_start=0,
+        session_rng=None,
+    ):
+        if role != ROLE_BOARD and role != ROLE_HOST:
+            raise ValueError("role")
+        if window < 1 or window > 127 or queue < window or queue > 255:
+            raise ValueError("window/queue")
+        if proto_min < 1 or proto_max < proto_min or proto_max > _MASK:
+            raise ValueError("proto range")
+        if rto_min_ms < 1 or rto_max_ms < rto_min_ms or rto_max_ms > 0x3FFFFFF:
+            raise ValueError("rto clamps")
+        self.role = role
+        self.window = window
+        self.queue_slots = queue
+        self.proto_min = proto_min
+        self.proto_max = proto_max
+        self.hello_interval_ms = hello_interval_ms
+        self.rto_init_ms = rto_init_ms
+        self.rto_min_ms = rto_min_ms
+        self.rto_max_ms = rto_max_ms
+        self.granularity_ms = granularity_ms
+
+        # -- public state ------------------------------------------------------
+        self.state = ST_IDLE
+        self.session = 0
+        self.proto = 0  # negotiated version (0: none yet)
+        self.refused = False
+        self.refusal = None  # host: the refusal text (str); board: None
+        self.peer_boot_id = 0  # host: from the board HELLO
+        self.peer_proto_min = 0
+        self.peer_proto_max = 0
+        self.peer_session = 0  # host: session key of the latest board HELLO
+        self.stats = array("i", [0] * S_COUNT)
+
+        # -- last delivered message (valid until the next feed) ------------
+        self.ev = EV_NONE
+        self.rx_type = 0
+        self.rx_buf = None
+        self.rx_off = 0
+        self.rx_len = 0
+        self.rx_err = E_OK
+        self.rx_seq = 0
+        # True after the feed() that established a session (board: accepted a
+        # new host session -> queue DESCRIBE; host: saw the echo)
+        self.session_started = False
+
+        # -- codec -----------------------------------------------------------------
+        self._df = Deframer()
+        self._scratch = bytearray(MAX_WIRE)  # frame body + CRC; HELLO built in place
+        self._enc = Encoder(self._scratch)
+        self._dec = Decoder()
+
+        # -- reliable sender: ring of Q slots, oldest (seq una) at _qhead ----------
+        self._qbuf = bytearray(queue * MAX_PAYLOAD)
+        self._qlen = array("H", [0] * queue)
+        self._qtype = bytearray(queue)
+        # ticks of the first transmission: a list, so a 64-bit port's ticks fit
+        # too (storing a small int in a list allocates nothing)
+        self._qsent = [0] * queue
+        self._qtx = bytearray(queue)  # transmissions (capped at 255)
+        self._qhead = 0
+        self._qcount = 0  # messages queued, in flight included
+        self._inflight = 0  # sent, not acked: seq una .. una+inflight-1
+        self._una = 0
+        self._rtx_idx = 0  # go-back-N: next window index to resend ...
+        self._rtx_end = 0  # ... up to here (exclusive)
+        self._timer_on = False
+        self._timer_due = 0
+        self._rtx_ever = False
+        self._last_rtx = 0
+
+        # -- RTT estimator -----------------------------------------------------------
+        self._have_rtt = False
+        self._srtt8 = 0
+        self._rttvar4 = 0
+        self.srtt_ms = 0
+        self.rttvar_ms = 0
+        self.rto_ms = rto_init_ms
+
+        # -- reliable receiver ---------------------------------------------------------
+        self._rcv_nxt = 0
+        self._ack_pending = False
+        self._nak_pending = False
+        self._nak_for = -1  # expected value the last NAK was sent for
+        self._nak_ever = False
+        self._last_nak = 0
+
+        # -- HELLO ---------------------------------------------------------------------
+        self._hello_pending = False
+        self._hello_timer_on = False
+        self._hello_due = 0
+        self._ident = bytearray(MAX_PAYLOAD)
+        self._ident_len = 0
+        self._ident_n = 0
+        self._h_have = 0  # parsed HELLO: bit k set = key k present
+        self._h0 = 0
+        self._h1 = 0
+        self._h2 = 0
+        self._h3 = 0
+        self._refusal_b = b""
+        self._session_rng = session_rng
+        self._next_session = session_start & _MASK
+
+        # -- unreliable slots: latest wins -------------------------------------------
+        self._uidx = bytearray(b"\xff" * 16)
+        self._utype = bytearray((T_TELEMETRY, T_HEARTBEAT, T_LOG))
+        for u in range(_NU):
+            self._uidx[self._utype[u]] = u
+        self._ubuf = bytearray(_NU * MAX_PAYLOAD)
+        self._ulen = array("H", [0] * _NU)
+        self._upend = bytearray(_NU)
+        self._urr = 0
+        self._tel_tx = 0
+        self._tel_rx_have = False
+        self._tel_rx_last = 0
+
+    # =========================================================================
+    # public API
+    # =========================================================================
+
+    def set_identity(self, entries_buf, n_bytes, n_entries):
+        """Board: the pre-encoded CBOR map entries (keys 2 boot_id, 4.. in any
+        order) appended to every HELLO after keys 0, 1 and 3. Copied. Returns
+        False if they cannot fit a HELLO."""
+        if n_bytes < 0 or n_entries < 0 or n_bytes > MAX_PAYLOAD - 21 or n_entries > 0xFFFF:
+            return False
+        ib = self._ident
+        for i in range(n_bytes):
+            ib[i] = entries_buf[i]
+        self._ident_len = n_bytes
+        self._ident_n = n_entries
+        return True
+
+    def queued(self):
+        """Reliable messages not yet acknowledged (in flight and waiting)."""
+        return self._qcount
+
+    def inflight(self):
+        """Reliable frames sent and not yet acknowledged (<= window)."""
+        return self._inflight
+
+    def free_slots(self):
+        return self.queue_slots - self._qcount
+
+    def disconnect(self):
+        """Leave the session (e.g. the app declared the peer lost). Queued
+        reliable messages are kept. A board goes back to sending HELLO with
+        session 0; a host starts a new session on its next poll."""
+        self._go_idle()
+
+    def send(self, mtype, payload, start, n):
+        """Queue a message. Reliable types take a queue slot (False when the
+        queue is full, counted in S_QUEUE_OVERFLOWS); TELEMETRY, HEARTBEAT and
+        LOG overwrite their slot (latest wins). HELLO/ACK/NAK belong to the
+        link: False."""
+        if n < 0 or n > MAX_PAYLOAD or mtype < 1 or mtype > T_MAX:
+            return False
+        if (RELIABLE_TYPES >> mtype) & 1:
+            c = self._qcount
+            if c >= self.queue_slots:
+                self._inc(S_QUEUE_OVERFLOWS)
+                return False
+            k = self._qhead + c
+            if k >= self.queue_slots:
+                k -= self.queue_slots
+            o = k * MAX_PAYLOAD
+            buf = self._qbuf
+            self._qlen[k] = n
+            self._qtype[k] = mtype
+            self._qtx[k] = 0
+            self._qcount = c + 1
+        else:
+            u = self._uidx[mtype]
+            if u == _NO_SLOT:
+                return False
+            o = u * MAX_PAYLOAD
+            buf = self._ubuf
+            self._ulen[u] = n
+            self._upend[u] = 1
+        if _CPY:
+            buf[o : o + n] = payload[start : start + n]
+        else:
+            d = o - start
+            for i in range(start, start + n):
+                buf[i + d] = payload[i]
+        return True
+
+    def feed(self, data, start, end, now_ms):
+        """Consume received bytes ``data[start:end]``. Stops right after a
+        frame that delivers a message (``ev == EV_MESSAGE``) and returns the
+        index after the consumed bytes; call again with the rest."""
+        self.ev = EV_NONE
+        self.session_started = False
+        df = self._df
+        i = start
+        while i < end:
+            j = df.feed(data, i, end)
+            st = df.status
+            if st < 0:
+                if j <= i:
+                    break
+                i = j
+                continue
+            i = j
+            if st != E_OK:
+                self._frame_error(st, now_ms)
+                continue
+            if self._rx_frame(now_ms):
+                break
+        self._add(S_RX_BYTES, i - start)
+        return i
+
+    def poll(self, now_ms, out, out_start):
+        """Run the timers and write at most one wire frame into ``out`` from
+        ``out_start`` (needs MAX_WIRE bytes). Returns its length, 0 if nothing
+        is due."""
+        st = self.state
+        if st == ST_CONNECTED:
+            if (
+                self._timer_on
+                and self._inflight
+                and ticks_diff(now_ms, self._timer_due) >= 0
+            ):
+                self._inc(S_TIMEOUTS)
+                r = self.rto_ms + self.rto_ms
+                if r > self.rto_max_ms:
+                    r = self.rto_max_ms
+                self.rto_ms = r
+                self._start_rtx(now_ms)
+        else:
+            if st == ST_IDLE and self.role == ROLE_HOST and not self.refused:
+                self._host_new_session(self.proto_max)
+                st = self.state
+            if st == ST_CONNECTING or self.role == ROLE_BOARD:
+                if not self._hello_timer_on or ticks_diff(now_ms, self._hello_due) >= 0:
+                    self._hello_pending = True
+
+        if self._hello_pending:
+            return self._tx_hello(now_ms, out, out_start)
+        if st != ST_CONNECTED:
+            return 0
+
+        if self._nak_pending:
+            n = self._emit(T_NAK, 0, None, 0, 0, out, out_start)
+            if n > 0:
+                self._nak_pending = False
+                self._nak_for = self._rcv_nxt
+                self._nak_ever = True
+                self._last_nak = now_ms
+                self._inc(S_NAKS_TX)
+            return n
+
+        if self._rtx_idx < self._rtx_end:
+            r = self._rtx_idx
+            k = self._qhead + r
+            if k >= self.queue_slots:
+                k -= self.queue_slots
+            n = self._emit(
+                self._qtype[k],
+                (self._una + r) & 0xFF,
+                self._qbuf,
+                k * MAX_PAYLOAD,
+                self._qlen[k],
+                out,
+                out_start,
+            )
+            if n > 0:
+                self._rtx_idx = r + 1
+                if self._qtx[k] < 255:
+                    self._qtx[k] += 1
+                self._inc(S_RETRANSMITS)
+            return n
+
+        r = self._inflight
+        if r < self._qcount and r < self.window:
+            k = self._qhead + r
+            if k >= self.queue_slots:
+                k -= self.queue_slots
+            n = self._emit(
+                self._qtype[k],
+                (self._una + r) & 0xFF,
+                self._qbuf,
+                k * MAX_PAYLOAD,
+                self._qlen[k],
+                out,
+                out_start,
+            )
+            if n > 0:
+                self._qsent[k] = now_ms
+                self._qtx[k] = 1
+                self._inflight = r + 1
+                if not self._timer_on:
+                    self._timer_on = True
+                    self._timer_due = ticks_add(now_ms, self.rto_ms)
+            return n
+
+        u = self._urr
+        for _ in range(_NU):
+            if self._upend[u]:
+                t = self._utype[u]
+                seq = 0
+                if t == T_TELEMETRY:
+                    seq = self._tel_tx & 0xFF
+                n = self._emit(t, seq, self._ubuf, u * MAX_PAYLOAD, self._ulen[u], out, out_start)
+                if n > 0:
+                    self._upend[u] = 0
+                    if t == T_TELEMETRY:
+                        self._tel_tx = (self._tel_tx + 1) & _MASK
+                    u += 1
+                    if u >= _NU:
+                        u = 0
+                    self._urr = u
+                return n
+            u += 1
+            if u >= _NU:
+                u = 0
+
+        if self._ack_pending:
+            return self._emit(T_ACK, 0, None, 0, 0, out, out_start)
+        return 0
+
+    # =========================================================================
+    # receive path
+    # =========================================================================
+
+    def _inc(self, i):
+        s = self.stats
+        s[i] = (s[i] + 1) & _MASK
+
+    def _add(self, i, n):
+        s = self.stats
+        s[i] = (s[i] + n) & _MASK
+
+    def _frame_error(self, code, now):
+        if code == E_CRC:
+            self._inc(S_CRC_ERRORS)
+        elif code == E_COBS:
+            self._inc(S_COBS_ERRORS)
+        else:
+            self._inc(S_OTHER_FRAME_ERRORS)
+        if self.state != ST_CONNECTED:
+            return
+        if code == E_CRC or code == E_COBS or code == E_SHORT or code == E_OVERSIZE:
+            # a frame was damaged on the line: maybe the one we expect
+            if not self._nak_ever or ticks_diff(now, self._last_nak) >= self._rtt_gap():
+                self._nak_pending = True
+
+    def _deliver(self, t, err):
+        df = self._df
+        self.ev = EV_MESSAGE
+        self.rx_type = t
+        self.rx_buf = df.body
+        self.rx_off = df.payload_start
+        self.rx_len = df.payload_len
+        self.rx_err = err
+        self.rx_seq = df.seq
+
+    def _validate(self):
+        df = self._df
+        s = df.payload_start
+        return self._dec.validate(df.body, s, s + df.payload_len)
+
+    def _rx_frame(self, now):
+        df = self._df
+        t = df.ftype
+        self._inc(S_RX_FRAMES)
+        if t == T_HELLO:
+            # acks on HELLO frames are not used: a HELLO may be the first
+            # frame of a new session, before which numbers mean nothing
+            return self._rx_hello()
+        if self.state != ST_CONNECTED:
+            self._inc(S_IGNORED)
+            return False
+        if df.flags & F_ACK:
+            self._rx_ack(df.ack, now)
+        if t == T_ACK:
+            return False
+        if t == T_NAK:
+            self._inc(S_NAKS_RX)
+            if self._inflight and (
+                not self._rtx_ever or ticks_diff(now, self._last_rtx) >= self._rtt_gap()
+            ):
+                self._start_rtx(now)
+            return False
+        if (RELIABLE_TYPES >> t) & 1:
+            return self._rx_reliable(now)
+        if t == T_TELEMETRY:
+            s = df.seq
+            if self._tel_rx_have:
+                d = (s - self._tel_rx_last) & 0xFF
+                if d == 0:
+                    self._inc(S_DUPLICATES)
+                    return False
+                if d > 1:
+                    self._add(S_TELEMETRY_LOST, d - 1)
+            self._tel_rx_have = True
+            self._tel_rx_last = s
+        if self._validate() != E_OK:
+            self._inc(S_PAYLOAD_ERRORS)
+            return False
+        self._deliver(t, E_OK)
+        return True
+
+    def _rx_reliable(self, now):
+        df = self._df
+        d = (df.seq - self._rcv_nxt) & 0xFF
+        if d == 0:
+            self._rcv_nxt = (self._rcv_nxt + 1) & 0xFF
+            self._ack_pending = True
+            self._nak_pending = False  # whatever we wanted to NAK is moot now
+            e = self._validate()
+            if e != E_OK:
+                self._inc(S_PAYLOAD_ERRORS)
+            self._deliver(df.ftype, e)
+            return True
+        if d >= 256 - self.window:
+            self._inc(S_DUPLICATES)
+            self._ack_pending = True
+            return False
+        self._inc(S_OUT_OF_ORDER)
+        if d < self.window and self._nak_for != self._rcv_nxt:
+            self._nak_pending = True
+        return False
+
+    def _rx_ack(self, a, now):
+        n = (a - self._una) & 0xFF
+        if n == 0 or n > self._inflight:
+            return
+        Q = self.queue_slots
+        k = self._qhead + n - 1
+        if k >= Q:
+            k -= Q
+        if self._qtx[k] == 1:  # Karn: only frames sent exactly once
+            self._rtt_sample(ticks_diff(now, self._qsent[k]))
+        k += 1
+        if k >= Q:
+            k -= Q
+        self._qhead = k
+        self._qcount -= n
+        self._inflight -= n
+        self._una = a
+        if self._rtx_end:
+            r = self._rtx_idx - n
+            self._rtx_idx = r if r > 0 else 0
+            r = self._rtx_end - n
+            self._rtx_end = r if r > 0 else 0
+        if self._inflight:
+            self._timer_on = True
+            self._timer_due = ticks_add(now, self.rto_ms)
+        else:
+            self._timer_on = False
+
+    def _rtt_sample(self, r):
+        if r < 0:
+            return
+        if r > _RTT_CAP:
+            r = _RTT_CAP
+        if not self._have_rtt:
+            self._have_rtt = True
+            self._srtt8 = r << 3
+            self._rttvar4 = r << 1
+        else:
+            d = r - (self._srtt8 >> 3)
+            self._srtt8 += d
+            if d < 0:
+                d = -d
+            self._rttvar4 += d - (self._rttvar4 >> 2)
+        self.srtt_ms = self._srtt8 >> 3
+        self.rttvar_ms = self._rttvar4 >> 2
+        self._rto_from_estimate()
+
+    def _rto_from_estimate(self):
+        if self._have_rtt:
+            r = self.srtt_ms + max(self.granularity_ms, self._rttvar4)
+        else:
+            r = self.rto_init_ms
+        if r < self.rto_min_ms:
+            r = self.rto_min_ms
+        elif r > self.rto_max_ms:
+            r = self.rto_max_ms
+        self.rto_ms = r
+
+    def _rtt_gap(self):
+        # "at most once per (smoothed) RTT" for NAKs sent and NAKs obeyed
+        g = self.srtt_ms if self._have_rtt else self.rto_ms
+        return g if g > self.granularity_ms else self.granularity_ms
+
+    def _start_rtx(self, now):
+        self._rtx_idx = 0
+        self._rtx_end = self._inflight
+        self._rtx_ever = True
+        self._last_rtx = now
+        self._timer_on = True
+        self._timer_due = ticks_add(now, self.rto_ms)
+
+    # =========================================================================
+    # handshake
+    # =========================================================================
+
+    def _parse_hello(self):
+        """Read the HELLO map's keys 0..3 (uint) and 9 (text); others are
+        skipped. Returns E_OK or an error code; ``_h_have`` has the keys."""
+        df = self._df
+        d = self._dec
+        s = df.payload_start
+        d.reset(df.body, s, s + df.payload_len)
+        self._h_have = 0
+        if d.next() != K_MAP:
+            return E_SCHEMA
+        have = 0
+        for _ in range(d.val):
+            if d.next() != K_UINT:
+                return E_SCHEMA
+            key = d.val
+            if key <= 3:
+                if d.next() != K_UINT:
+                    return E_SCHEMA
+                v = d.val
+                if key == 0:
+                    self._h0 = v
+                elif key == 1:
+                    self._h1 = v
+                elif key == 2:
+                    self._h2 = v
+                else:
+                    self._h3 = v
+                have |= 1 << key
+            elif key == 9:
+                if d.next() != K_TEXT:
+                    return E_SCHEMA
+                have |= 1 << 9
+            elif d.skip() < 0:
+                return d.err
+        self._h_have = have
+        return E_OK
+
+    def _rx_hello(self):
+        if self._validate() != E_OK or self._parse_hello() != E_OK:
+            self._inc(S_PAYLOAD_ERRORS)
+            return False
+        if self.role == ROLE_BOARD:
+            ok = self._board_hello()
+        else:
+            ok = self._host_hello()
+        if not ok:
+            self._inc(S_PAYLOAD_ERRORS)
+            return False
+        self._deliver(T_HELLO, E_OK)
+        return True
+
+    def _board_hello(self):
+        # host -> board: {0: proto (0 = refused), 3: session, 9: reason}
+        if (self._h_have & 0x09) != 0x09:
+            return False
+        p = self._h0
+        s = self._h3
+        if p == 0:
+            self._inc(S_REFUSALS)
+            self.refused = True
+            if self.state != ST_IDLE:
+                self._go_idle()
+            return True
+        if s == 0:
+            return False
+        if p < self.proto_min or p > self.proto_max:
+            # the host proposed a version we do not speak (it had not seen our
+            # range yet): show it our HELLO and keep whatever session we have
+            self._hello_pending = True
+            return True
+        if self.state == ST_CONNECTED and s == self.session:
+            self._hello_pending = True  # our echo was lost: answer again, no reset
+            return True
+        self._reset_link()
+        self.session = s
+        self.proto = p
+        self.state = ST_CONNECTED
+        self.refused = False
+        self._inc(S_SESSIONS)
+        self.session_started = True
+        self._hello_pending = True
+        return True
+
+    def _host_hello(self):
+        # board -> host: {0: proto_min, 1: proto_max, 2: boot_id, 3: session, ...}
+        if (self._h_have & 0x0F) != 0x0F:
+            return False
+        bmin = self._h0
+        bmax = self._h1
+        boot = self._h2
+        bsess = self._h3
+        self.peer_proto_min = bmin
+        self.peer_proto_max = bmax
+        self.peer_session = bsess
+        hi = bmax if bmax < self.proto_max else self.proto_max
+        lo = bmin if bmin > self.proto_min else self.proto_min
+        if hi < lo:
+            self.peer_boot_id = boot
+            self._refuse(bmin, bmax)
+            return True
+        self.refused = False
+        self.refusal = None
+        st = self.state
+        if st == ST_CONNECTED:
+            if bsess == self.session and boot == self.peer_boot_id:
+                return True  # a repeated echo
+            self.peer_boot_id = boot
+            self._host_new_session(hi)  # board rebooted or lost the session
+        elif st == ST_CONNECTING:
+            self.peer_boot_id = boot
+            if bsess == self.session:
+                if self.proto < bmin or self.proto > bmax:
+                    self._host_new_session(hi)  # cannot happen with a sane board
+                else:
+                    self.state = ST_CONNECTED
+                    self._inc(S_SESSIONS)
+                    self.session_started = True
+            else:
+                # not (yet) the echo: offer S again with the version that
+                # this HELLO allows; S stays, so crossing HELLOs converge
+                self.proto = hi
+                self._hello_pending = True
+        else:
+            self.peer_boot_id = boot
+            self._host_new_session(hi)
+        return True
+
+    def _refuse(self, bmin, bmax):
+        # host only: may allocate
+        text = "board speaks protocol %d..%d, bridge speaks %d..%d" % (
+            bmin,
+            bmax,
+            self.proto_min,
+            self.proto_max,
+        )
+        if text != self.refusal:
+            self.refusal = text
+            self._refusal_b = text.encode()
+        if self.state != ST_IDLE:
+            self._reset_link()
+        self.refused = True
+        self.state = ST_IDLE
+        self.session = 0
+        self.proto = 0
+        self._inc(S_REFUSALS)
+        self._hello_pending = True
+
+    def _gen_session(self):
+        # host only: may allocate
+        if self._session_rng is not None:
+            s = self._session_rng() & _MASK
+        else:
+            if self._next_session == 0:
+                try:
+                    import os
+
+                    b = os.urandom(4)
+                    self._next_session = ((b[0] & 0x3F) << 24) | (b[1] << 16) | (b[2] << 8) | b[3]
+                except Exception:  # pragma: no cover - a VM without urandom
+                    import random
+
+                    self._next_session = random.getrandbits(30)
+            s = self._next_session
+        while s == 0 or s == self.session or s == self.peer_session:
+            s = (s + 1) & _MASK
+        self._next_session = (s + 1) & _MASK
+        return s
+
+    def _host_new_session(self, proto):
+        s = self._gen_session()
+        self._reset_link()
+        self.session = s
+        self.proto = proto
+        self.state = ST_CONNECTING
+        self._hello_timer_on = False
+        self._hello_pending = True
+
+    def _go_idle(self):
+        self._reset_link()
+        self.state = ST_IDLE
+        self.session = 0
+        self.proto = 0
+        self._hello_timer_on = False
+
+    def _reset_link(self):
+        """Sequence numbers restart at 0 in both directions; every message not
+        yet acknowledged stays queued in order and goes out again, renumbered
+        from 0 (none is lost). RTT estimate kept, back-off dropped."""
+        self._una = 0
+        self._inflight = 0
+        q = self._qtx
+        for k in range(self.queue_slots):
+            q[k] = 0
+        self._rtx_idx = 0
+        self._rtx_end = 0
+        self._timer_on = False
+        self._rtx_ever = False
+        self._rcv_nxt = 0
+        self._ack_pending = False
+        self._nak_pending = False
+        self._nak_for = -1
+        self._nak_ever = False
+        self._tel_rx_have = False
+        self._rto_from_estimate()  # drop any back-off
+
+    # =========================================================================
+    # transmit helpers
+    # =========================================================================
+
+    def _emit(self, t, seq, buf, off, n, out, pos):
+        if self.state == ST_CONNECTED:
+            w = encode_frame(t, F_ACK, seq, self._rcv_nxt, buf, off, n, self._scratch, out, pos)
+        else:
+            w = encode_frame(t, 0, seq, 0, buf, off, n, self._scratch, out, pos)
+        if w <= 0:
+            return 0
+        if self.state == ST_CONNECTED:
+            self._ack_pending = False
+        self._inc(S_TX_FRAMES)
+        self._add(S_TX_BYTES, w)
+        return w
+
+    def _tx_hello(self, now, out, pos):
+        enc = self._enc
+        enc.reset(HEADER_LEN)
+        if self.role == ROLE_BOARD:
+            enc.map(3 + self._ident_n)
+            enc.uint(0)
+            enc.uint(self.proto_min)
+            enc.uint(1)
+            enc.uint(self.proto_max)
+            enc.uint(3)
+            enc.uint(self.session)
+            if self._ident_len:
+                enc.raw(self._ident, 0, self._ident_len)
+        elif self.refused:
+            enc.map(3)
+            enc.uint(0)
+            enc.uint(0)
+            enc.uint(3)
+            enc.uint(0)
+            enc.uint(9)
+            enc.text_from(self._refusal_b, 0, len(self._refusal_b))
+        else:
+            enc.map(2)
+            enc.uint(0)
+            enc.uint(self.proto)
+            enc.uint(3)
+            enc.uint(self.session)
+        n = enc.pos - HEADER_LEN
+        if enc.err or n > MAX_PAYLOAD:
+            self._hello_pending = False  # cannot happen: set_identity bounds it
+            return 0
+        n = self._emit(T_HELLO, 0, self._scratch, HEADER_LEN, n, out, pos)
+        if n > 0:
+            self._hello_pending = False
+            if self.state == ST_CONNECTING or (
+                self.role == ROLE_BOARD and self.state != ST_CONNECTED
+            ):
+                self._hello_timer_on = True
+                self._hello_due = ticks_add(now, self.hello_interval_ms)
+        return n

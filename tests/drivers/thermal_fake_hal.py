@@ -1,0 +1,33 @@
+"""A small fake HAL for the thermal driver tests (sensors, fans).
+
+Plain attributes the test sets; every read returns what the test put there.
+Written in the MicroPython subset and allocation-free on the read/write path,
+so the same class drives the zero-allocation check under the MicroPython VMs.
+"""
+
+from metal.core.hal import Hal, READ_ERROR  # noqa: F401  (READ_ERROR re-exported)
+
+
+class ThermalFakeHal(Hal):
+    def __init__(self, n_ch=8):
+        self.adc = [32768] * n_ch  # raw ADC per channel (32768 = 25 °C on the NTC)
+        self.i2c = [0x0C80] * n_ch  # raw register per channel (TMP117 25 °C)
+        self.tach = [0] * n_ch  # pulses returned by every tach_pulses call
+        self.pwm = [-1] * n_ch  # last duty written per channel (-1 never)
+        self.pwm_writes = 0
+
+    def sample(self, now_us):
+        return 0
+
+    def adc_read(self, ch):
+        return self.adc[ch]
+
+    def i2c_temp_read(self, ch):
+        return self.i2c[ch]
+
+    def pwm_set(self, ch, duty_permille):
+        self.pwm[ch] = duty_permille
+        self.pwm_writes += 1
+
+    def tach_pulses(self, ch):
+        return self.tach[ch]
