@@ -79,14 +79,17 @@ Reliable channel (both roles, only while CONNECTED; protocol.md §11)
   receive seq s, d = (s - rcv_nxt) & 0xFF:
       d == 0          deliver, rcv_nxt += 1, owe an ACK
       d >= 256 - W    duplicate: drop, owe an ACK at once
-      1 <= d < W      ahead: drop, one NAK per expected value
+      1 <= d < W      ahead: drop; NAK once per expected value, and once more
+                      per go-back-N round that arrives without it (an ahead
+                      frame numbered below the previous ahead frame)
       otherwise       drop (counted out of order)
-  CRC/COBS/SHORT/OVERSIZE frame error  -> NAK, at most one per SRTT
-  ack a (any frame with F_ACK)         -> release frames before a, RTT sample
+  CRC/COBS/SHORT/OVERSIZE frame error  -> NAK, at most one per max(SRTT, G)
+  ack a (any frame but HELLO, F_ACK)   -> release frames before a, RTT sample
                                           from the newest released frame if it
                                           was sent once (Karn), restart timer
-  NAK                                  -> as ack, then retransmit the window
-                                          from una, at most once per SRTT
+  NAK a                                -> as ack, then retransmit the window
+                                          from a (go-back-N), unless a round
+                                          from a started < SRTT/2 ago
   RTO expiry                           -> RTO *= 2 (clamped), retransmit window
 
 RTO (RFC 6298, integer ms, BSD scaling): srtt8 = 8*SRTT, rttvar4 = 4*RTTVAR;
@@ -245,7 +248,8 @@ class Link:
         self._timer_on = False
         self._timer_due = 0
         self._rtx_ever = False
-        self._last_rtx = 0
+        self._last_rtx = 0  # when the last go-back-N round started ...
+        self._rtx_from = 0  # ... and from which sequence number
 
         # -- RTT estimator -----------------------------------------------------------
         self._have_rtt = False
@@ -260,6 +264,7 @@ class Link:
         self._ack_pending = False
         self._nak_pending = False
         self._nak_for = -1  # expected value the last NAK was sent for
+        self._ahead_d = 0  # distance of the last frame from ahead (round detection)
         self._nak_ever = False
         self._last_nak = 0
 
@@ -555,8 +560,12 @@ class Link:
             return False
         if t == T_NAK:
             self._inc(S_NAKS_RX)
-            if self._inflight and (
-                not self._rtx_ever or ticks_diff(now, self._last_rtx) >= self._rtt_gap()
+            # Obey, unless this NAK may predate the round we already started
+            # from the same number (it left the peer before our resend arrived)
+            if self._inflight and not (
+                self._rtx_ever
+                and self._rtx_from == self._una
+                and ticks_diff(now, self._last_rtx) < self._nak_hold()
             ):
                 self._start_rtx(now)
             return False
@@ -586,6 +595,7 @@ class Link:
             self._rcv_nxt = (self._rcv_nxt + 1) & 0xFF
             self._ack_pending = True
             self._nak_pending = False  # whatever we wanted to NAK is moot now
+            self._ahead_d = 0
             e = self._validate()
             if e != E_OK:
                 self._inc(S_PAYLOAD_ERRORS)
@@ -596,8 +606,13 @@ class Link:
             self._ack_pending = True
             return False
         self._inc(S_OUT_OF_ORDER)
-        if d < self.window and self._nak_for != self._rcv_nxt:
-            self._nak_pending = True
+        if d < self.window:
+            # one NAK per expected value, and one more per go-back-N round that
+            # arrives without it: an ahead frame numbered lower than the previous
+            # one means the sender started over and the expected frame was lost again
+            if self._nak_for != self._rcv_nxt or d < self._ahead_d:
+                self._nak_pending = True
+            self._ahead_d = d
         return False
 
     def _rx_ack(self, a, now):
@@ -658,8 +673,17 @@ class Link:
             r = self.rto_max_ms
         self.rto_ms = r
 
+    def _nak_hold(self):
+        # A NAK arriving sooner than this after we started a round from the same
+        # number left the peer before our resend got there: a duplicate. Nothing
+        # comes back in less than about one RTT, so half an SRTT is a safe bound
+        # that still obeys the NAK about a resend that was lost again.
+        if self._have_rtt:
+            return self.srtt_ms >> 1
+        return self.rto_ms >> 1
+
     def _rtt_gap(self):
-        # "at most once per (smoothed) RTT" for NAKs sent and NAKs obeyed
+        # receiver: at most one NAK per RTT for damaged frames
         g = self.srtt_ms if self._have_rtt else self.rto_ms
         return g if g > self.granularity_ms else self.granularity_ms
 
@@ -668,6 +692,7 @@ class Link:
         self._rtx_end = self._inflight
         self._rtx_ever = True
         self._last_rtx = now
+        self._rtx_from = self._una
         self._timer_on = True
         self._timer_due = ticks_add(now, self.rto_ms)
 
@@ -876,6 +901,7 @@ class Link:
         self._ack_pending = False
         self._nak_pending = False
         self._nak_for = -1
+        self._ahead_d = 0
         self._nak_ever = False
         self._tel_rx_have = False
         self._rto_from_estimate()  # drop any back-off

@@ -7,7 +7,11 @@ single index lookup on the tick path instead of a dispatch on the source.
 Layout for S sensors, F fans, R rails (offsets computed at start-up)::
 
     [temp m°C × S][sensor state × S][fan rpm × F][fan state × F]
-    [rail state × R][rail fault × R][globals × G_COUNT]
+    [fan stalled × F][rail state × R][rail fault × R][globals × G_COUNT]
+
+``fan stalled`` is 1 exactly while the fan's state is FAN_STALLED: the state
+codes (ok, stalled, spin-up, off) have no order a single comparison could
+isolate a stall with.
 
 A sensor with no valid reading publishes ``TEMP_INVALID`` as its temperature
 and a non-zero state, so a ``>=`` comparison never trips on garbage; the
@@ -26,6 +30,7 @@ SIG_FAN_STATE = const(4)
 SIG_RAIL_STATE = const(5)
 SIG_RAIL_FAULT = const(6)
 SIG_GLOBAL = const(7)
+SIG_FAN_STALLED = const(8)
 
 # global signals (index with SIG_GLOBAL)
 G_ESTOP = const(0)  # 1 while the e-stop input is asserted
@@ -48,7 +53,8 @@ class Signals:
         self.sensor_state0 = n_sensors
         self.fan_rpm0 = 2 * n_sensors
         self.fan_state0 = self.fan_rpm0 + n_fans
-        self.rail_state0 = self.fan_state0 + n_fans
+        self.fan_stalled0 = self.fan_state0 + n_fans
+        self.rail_state0 = self.fan_stalled0 + n_fans
         self.rail_fault0 = self.rail_state0 + n_rails
         self.global0 = self.rail_fault0 + n_rails
         self.v = array("i", [0] * (self.global0 + G_COUNT))
@@ -66,6 +72,8 @@ class Signals:
             base, n = self.fan_rpm0, self.n_fans
         elif kind == SIG_FAN_STATE:
             base, n = self.fan_state0, self.n_fans
+        elif kind == SIG_FAN_STALLED:
+            base, n = self.fan_stalled0, self.n_fans
         elif kind == SIG_RAIL_STATE:
             base, n = self.rail_state0, self.n_rails
         elif kind == SIG_RAIL_FAULT:

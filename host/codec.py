@@ -131,6 +131,9 @@ class ProtocolError(ValueError):
     def __repr__(self) -> str:
         return f"ProtocolError({self.code_name}, {self.args[0]!r})"
 
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable despite the extra arguments
+        return (ProtocolError, (self.code, self.args[0], self.offset))
+
 
 class Frame(NamedTuple):
     """One decoded frame. ``payload`` is None for an empty payload (ACK, NAK);

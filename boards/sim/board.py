@@ -35,16 +35,16 @@ Power tree (parent -> child; a child only comes up while its parent is good)::
 Default interlock set, in table order (row index = position)::
 
     0..7    <sensor>_crit    SIG_TEMP >= crit, hyst 3 °C, 3 ticks, ACT_OVERHEAT
-    8..11   <fan>_fault      SIG_FAN_STATE != FAN_OK for 3 s,       ACT_FANS_MAX
+    8..11   <fan>_stall      SIG_FAN_STALLED >= 1,                  ACT_FANS_MAX
     12..17  <rail>_fault     SIG_RAIL_FAULT >= 1, latched,          ACT_POWER_DOWN
     18      estop            G_ESTOP >= 1, latched,                 ACT_LOCKOUT
 
-The fan row wants "state == FAN_STALLED", which no single comparison
-expresses (states are OK 0, STALLED 1, SPINUP 2, OFF 3; CMP_GE 1 and CMP_NE 0
-both also match SPINUP and OFF). The rows use ``!= FAN_OK`` with a 3 s delay,
-longer than the fans' 2 s spin-up window, so a normal spin-up never trips; a
-fan held at duty 0 (FAN_OFF) for 3 s does trip it and gets full duty, which
-is the conservative side. An equality comparison would make it exact.
+The fan rows watch the fan-stalled flag, not the fan state: the state codes
+(OK 0, STALLED 1, SPINUP 2, OFF 3) have no order in which one comparison
+isolates STALLED, while the flag is 1 exactly in that state. The fan driver
+already judges a stall over a full measuring window after the spin-up grace,
+so the rows trip without a further delay and release (not latched) as soon
+as the fan turns again.
 """
 
 from metal.core.config import (
@@ -54,7 +54,6 @@ from metal.core.config import (
     ACT_POWER_DOWN,
     BoardConfig,
     CMP_GE,
-    CMP_NE,
     DIR_IN,
     DIR_OUT,
     Fan,
@@ -73,8 +72,7 @@ from metal.core.config import (
     SENSOR_TMP117,
     Zone,
 )
-from metal.core.proto import FAN_OK
-from metal.core.signals import G_ESTOP, SIG_FAN_STATE, SIG_GLOBAL, SIG_RAIL_FAULT, SIG_TEMP
+from metal.core.signals import G_ESTOP, SIG_FAN_STALLED, SIG_GLOBAL, SIG_RAIL_FAULT, SIG_TEMP
 
 # zones
 Z_CPU = 0
@@ -91,8 +89,6 @@ N_DIGITAL = 21
 
 TICK_US = 10000
 FAN_SPINUP_MS = 2000
-# Fan-fault rows wait this long: longer than a spin-up, so starting fans is not a fault.
-FAN_FAULT_DELAY_TICKS = 300
 CRIT_HYSTERESIS_MC = 3000
 CRIT_DELAY_TICKS = 3
 
@@ -185,9 +181,8 @@ def _interlocks(sensors, fans, rails):
                               hysteresis=CRIT_HYSTERESIS_MC, delay_ticks=CRIT_DELAY_TICKS,
                               latch=False, action=ACT_OVERHEAT))
     for i in range(len(fans)):
-        rows.append(Interlock(fans[i].name + "_fault", (SIG_FAN_STATE, i), CMP_NE, FAN_OK,
-                              delay_ticks=FAN_FAULT_DELAY_TICKS, latch=False,
-                              action=ACT_FANS_MAX))
+        rows.append(Interlock(fans[i].name + "_stall", (SIG_FAN_STALLED, i), CMP_GE, 1,
+                              latch=False, action=ACT_FANS_MAX))
     for i in range(len(rails)):
         rows.append(Interlock(rails[i].name + "_fault", (SIG_RAIL_FAULT, i), CMP_GE, 1,
                               latch=True, action=ACT_POWER_DOWN))

@@ -38,15 +38,15 @@ about two and a half minutes.
 
 Rail (one per config rail)::
 
-               enable & parent good            elapsed >= t90 + pg_delay
-      +-----+ ----------------------> +------+ ------------------------> +----+
-      | OFF |                         | RAMP |                           | PG |
-      +-----+ <---------------------- +------+ <------------------------ +----+
-         ^    disable / parent lost     |  ^     disable / parent lost /     |
-         |    (voltage decays, tau 20   |  |     short (pg drops at once)    |
-         |     ms; pg drops at once)    |  +---------------------------------+
-         |                              |  short cleared: ramps again
-         +------------------------------+
+               enable, parent good           elapsed reaches t90 + pg_delay
+      +-----+ --------------------> +------+ -----------------------------> +----+
+      | OFF |                       | RAMP |                                | PG |
+      +-----+ <-------------------- +------+ <----------------------------- +----+
+         ^     disable or parent      short: held at 5 % of nominal until     |
+         |     lost (V decays,        cleared, then it ramps again            |
+         |     tau 20 ms)                                                     |
+         +--------------------------------------------------------------------+
+                 disable or parent lost: pg drops at once, V decays
 
     soft start  V(elapsed) = nominal × elapsed / ramp_ms, never below the
                 voltage still on the rail
@@ -454,10 +454,7 @@ class Plant:
             for i in range(self.n_fans):
                 load += self.f_full_ma[i] * (self.f_rpm_m[i] // 1000) // self.f_max_rpm[i]
             self.r_load[supply] = load
-        # Parents come before children in a valid config, so a child sees its
-        # parent's voltage of this same sub-step.
-        for i in range(self.n_rails):
-            self._step_rail(i, dt)
+        self._step_rails(dt)
         self._step_thermal(dt)
         self._step_lock(dt)
         if self.noise_mc:
@@ -496,6 +493,29 @@ class Plant:
                 a -= n * _MS_PER_MIN
                 pulses[i] = (pulses[i] + n) & _MASK30
             acc[i] = a
+
+    def _step_rails(self, dt):
+        # Parents come before children in a valid config, so a child sees its
+        # parent's voltage of this same sub-step. Most ticks every rail is
+        # settled fully on or fully off; those take the short path.
+        en = self.r_en
+        mv = self.r_mv
+        ma = self.r_ma
+        nom = self.r_nom
+        parent = self.r_parent
+        good = self.r_good_mv
+        glitch = self.r_glitch_ms
+        for i in range(self.n_rails):
+            if not glitch[i]:
+                if en[i]:
+                    p = parent[i]
+                    if (mv[i] == nom[i] and self.r_elapsed[i] == self.r_cap[i]
+                            and not self.r_short[i] and (p < 0 or mv[p] >= good[p])):
+                        ma[i] = self.r_load[i]  # on and good: only the load may change
+                        continue
+                elif not mv[i]:
+                    continue  # off and discharged: nothing moves
+            self._step_rail(i, dt)
 
     def _step_rail(self, i, dt):
         nom = self.r_nom[i]

@@ -70,6 +70,7 @@ class FanBank:
         self._v = signals.v
         self._rpm0 = signals.fan_rpm0
         self._state0 = signals.fan_state0
+        self._stalled0 = signals.fan_stalled0
 
         self.pwm_ch = array("i", [0] * n)
         self.tach_ch = array("i", [0] * n)
@@ -181,3 +182,4 @@ class FanBank:
 
             v[self._rpm0 + i] = self.rpm[i]
             v[self._state0 + i] = self.state[i]
+            v[self._stalled0 + i] = 1 if self.state[i] == FAN_STALLED else 0

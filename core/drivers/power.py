@@ -5,26 +5,27 @@ monitor. Rails form a forest: ``Rail.parent`` names the rail a rail depends on,
 always an earlier one, so ascending index order is a valid power-up order and
 descending index order a valid power-down order (dependents first).
 
-Per-rail state machine (every change is an EV_RAIL_STATE event, aux = RF_*)::
+Per-rail state machine::
 
-                  on request / sequencer
-        +-----+  (parent ON, turn due) +--------+  power-good  +----+
-        | OFF |----------------------->| SEQ_ON |------------->| ON |
-        +-----+                        +--------+              +----+
-          ^  ^                     pg timeout|  | abort           | |  |
-          |  |                     (disabled)|  | (want off)      | |  | pg lost /
-          |  |                               v  v                 | |  | overcurrent
-          |  |  explicit off          +-------+ |   off (turn due)| |  | (disabled at once)
-          |  +------------------------| FAULT |<+-----------------+-+--+
-          |                           +-------+ |                 | |
-          |     explicit on (retry) -> SEQ_ON   |                 | |
-          |                                     v                 | |
-          |      off_delay_ms elapsed     +---------+  disable    | |
-          +-------------------------------| SEQ_OFF |<------------+ |
-          |                               +---------+               |
-          +---------------------------------------------------------+
-             parent failed (RF_PARENT) / emergency_off: disabled at once
-             (from ON, SEQ_ON or SEQ_OFF)
+                              turn due, parent ON
+     +-----+ --------------------------------------------> +--------+
+     | OFF |                                               | SEQ_ON |
+     +-----+ <------+                                      +--------+
+       ^            | off_delay_ms                 abort     |  |  |
+       |            | elapsed              (not wanted)      |  |  | power-good
+       |       +---------+ <---------------------------------+  |  v
+       |       | SEQ_OFF |                                      |  +----+
+       |       +---------+ <------------------------------------+--| ON |
+       |                     turn due (disabled)                |  +----+
+       |                                             pg timeout |    |
+       | explicit off                                           v    | pg lost /
+       |                                                  +-------+  | overcurrent
+       +--------------------------------------------------| FAULT |<-+
+                                                          +-------+
+                                   explicit on (retry): FAULT -> SEQ_ON
+
+     At once, from SEQ_ON, ON or SEQ_OFF to OFF: parent failed (RF_PARENT),
+     emergency_off. Every change is an EV_RAIL_STATE event (aux = RF_*).
 
 Legal transitions (anything else is refused and counted in
 ``illegal_transitions``, which stays 0 unless this module has a bug):
@@ -503,8 +504,8 @@ class PowerController:
                 self.t0[j] = now_ms
                 self.active = j
                 return
-        if self.lockout:
-            return
+        # (no lockout check needed here: step() already dropped every pending
+        # power-up while the lockout is set)
         for j in range(n):
             s = st[j]
             if want[j] and (s == RAIL_OFF or s == RAIL_FAULT):

@@ -224,7 +224,7 @@ class SecurityController:
             sensed = self.level[IN_LOCK]
             if sensed == self.lock_cmd:
                 self.lock_waiting = 0
-            elif ticks_diff(now_ms, self.lock_t0) > self.lock_timeout_ms:
+            elif ticks_diff(now_ms, self.lock_t0) >= self.lock_timeout_ms:
                 self.lock_waiting = 0
                 self.lock_fault = 1
                 self._push(EV_LOCK_FAULT, 0, self.lock_cmd, sensed)

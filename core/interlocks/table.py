@@ -216,9 +216,11 @@ class InterlockTable:
         busy = tripped | pending
         newly = 0
         shed = 0
-        bit = 1
         i = 0
         for s in self._sig:
+            # computed, not shifted along: `bit <<= 1` after row 29 would
+            # reach 2**30, a heap-allocated int on a 32-bit board
+            bit = 1 << i
             x = v[s]
             # Quiet row (idle, condition false): one bit test and one chained
             # compare. Everything else is rare and may cost more.
@@ -243,7 +245,6 @@ class InterlockTable:
                     else:
                         pending |= bit
                         count[i] = c
-            bit <<= 1
             i += 1
         self._pending = pending
         self.new_power_down = 1 if newly & self._power_down_mask else 0
@@ -276,7 +277,10 @@ class InterlockTable:
         return 1 if self.tripped & self._block_mask else 0
 
     def row_state(self, i):
-        """ST_IDLE / ST_PENDING / ST_TRIPPED / ST_LATCHED of row ``i``."""
+        """ST_IDLE / ST_PENDING / ST_TRIPPED / ST_LATCHED of row ``i``, or -1
+        for an index outside the table."""
+        if i < 0 or i >= self.n:
+            return -1
         bit = 1 << i
         if self.tripped & bit:
             return ST_LATCHED if self._latch_mask & bit else ST_TRIPPED

@@ -8,19 +8,19 @@
 //             VM's /lib, which is on sys.path: a staging dir holding metal/core/... makes
 //             `import metal.core.x` work. Repeatable.
 // --stdin     give the VM a blocking byte pipe on sys.stdin (fs.readSync on fd 0).
-// --no-guard  run the script with mp.runPython directly instead of inside the guard below.
+// --no-guard  run the script with mp.runPython directly instead of inside guard.py.
 //
 // The VM's stdout goes to stdout byte for byte (flushed at every newline, synchronously, so
 // output before a hang is not lost); a Python exception is printed on stderr as a traceback
 // and the exit status is 1; sys.exit(n) exits with n. Driver errors exit with 64 (usage) or
 // 69 (VM package not found).
 //
-// The guard: an uncaught MemoryError while the heap is locked hangs this VM at 100 % CPU
-// (formatting the traceback needs the heap). The script therefore runs inside
-//   try: exec(compile(src, SCRIPT, "exec"), {"__name__": "__main__"})
-//   except BaseException: unlock the heap completely; re-raise
-// which keeps tracebacks and line numbers. It is a safety net only: tests must still unlock
-// in `finally`, and the caller must still run this driver under a timeout.
+// The guard (guard.py, next to this file): an uncaught MemoryError while the heap is locked
+// hangs this VM at 100 % CPU (formatting the traceback needs the heap). The script therefore
+// runs inside exec(compile(src, SCRIPT, "exec")) in a try that unlocks the heap completely
+// before printing the traceback on stderr (exit status 1). Line numbers are kept. It is a
+// safety net only: tests must still unlock in `finally`, and the caller must still run this
+// driver under a timeout.
 
 import fs from "node:fs";
 import path from "node:path";
@@ -122,25 +122,6 @@ function copyTree(FS, src, dst) {
   }
 }
 
-const GUARD = `
-def _metal_guard(path):
-    import micropython
-    with open(path) as f:
-        src = f.read()
-    code = compile(src, path, "exec")
-    del src
-    try:
-        exec(code, {"__name__": "__main__", "__file__": path})
-    except BaseException:
-        # Drop every heap_lock level so the traceback can be formatted. heap_lock() returns
-        # nothing useful; heap_unlock() returns the depth left, and at depth 0 it would wrap
-        # the counter, so lock once more and then unlock down to 0.
-        micropython.heap_lock()
-        while micropython.heap_unlock():
-            pass
-        raise
-`;
-
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
   const source = fs.readFileSync(opts.script);
@@ -178,7 +159,7 @@ async function main() {
   let status = 0;
   try {
     if (opts.guard) {
-      mp.runPython(GUARD);
+      mp.runPython(fs.readFileSync(path.join(HERE, "guard.py"), "utf8"));
       mp.runPython(`_metal_guard(${JSON.stringify(scriptPath)})`);
     } else {
       mp.runPython(source.toString("utf8"));

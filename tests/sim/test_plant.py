@@ -166,7 +166,7 @@ def test_fan_supply_current_follows_fan_speed(plant):
     power_all(p)
     idle = p.r_ma[FANS]
     fans(p, 1000)
-    p.step(10000)
+    p.step(30000)
     # 100 mA base + 2 x 600 + 2 x 300 mA at full speed
     assert idle == 100
     assert p.r_ma[FANS] == 100 + 600 + 600 + 300 + 300
@@ -182,7 +182,7 @@ def test_fan_spin_up_reaches_63_percent_in_one_time_constant(plant):
         p.step(10)
     frac = p.fan_rpm(CPU_FAN0) * 1000 // 12000
     assert 620 <= frac <= 645
-    p.step(5000)
+    p.step(30000)
     assert p.fan_rpm(CPU_FAN0) == 12000  # converges exactly, no rounding stall
 
 
@@ -242,67 +242,75 @@ def run_minutes(p, minutes):
         p.step(MINUTE_MS)
 
 
-def test_half_airflow_settles_cpu_near_60c(plant):
+def warm(p, cpu, memory, io, duty):
+    """Power up, spin the fans to ``duty`` and put the zones at a warm state
+    (the long runs from cold are done once, in the first test)."""
+    power_all(p)
+    fans(p, duty)
+    p.step(15000)
+    p.set_zone_temp(CPU, cpu)
+    p.set_zone_temp(MEMORY, memory)
+    p.set_zone_temp(IO, io)
+
+
+def test_half_airflow_settles_cpu_near_60c_from_cold(plant):
     p = plant
     power_all(p)
     fans(p, 500)
-    run_minutes(p, 15)
-    assert 58000 <= p.z_mc[CPU] <= 62000
+    run_minutes(p, 10)
+    assert 59000 <= p.z_mc[CPU] <= 61000
     # the other zones sit well below their sensors' warning limits
-    assert p.z_mc[MEMORY] < 50000
-    assert p.z_mc[IO] < 50000
+    assert 43000 <= p.z_mc[MEMORY] <= 47000
+    assert 43000 <= p.z_mc[IO] <= 47000
     # and it is a steady state: another minute changes nothing much
-    before = p.z_mc[CPU]
+    before = list(p.z_mc)
     run_minutes(p, 1)
-    assert abs(p.z_mc[CPU] - before) < 300
+    assert all(abs(a - b) < 200 for a, b in zip(p.z_mc, before))
 
 
 def test_full_airflow_settles_well_below_critical(plant):
     p = plant
-    power_all(p)
-    fans(p, 1000)
-    run_minutes(p, 15)
-    assert p.z_mc[CPU] < 50000
-    assert max(p.sensor_mc(i) for i in range(p.n_sensors)) < 60000
+    warm(p, 60000, 45000, 45000, 1000)
+    run_minutes(p, 5)
+    assert 42000 <= p.z_mc[CPU] <= 46000
+    assert max(p.sensor_mc(i) for i in range(p.n_sensors)) < 50000
 
 
 def test_stalled_fans_overheat_the_cpu_within_minutes(plant):
     p = plant
-    power_all(p)
-    fans(p, 500)
-    run_minutes(p, 15)
+    warm(p, 60000, 45000, 45000, 500)
     p.inject(FAULT_FAN_STALL, CPU_FAN0, 0)
     p.inject(FAULT_FAN_STALL, CPU_FAN1, 0)
     t_ms = 0
     while p.z_mc[CPU] < 95000 and t_ms < 10 * MINUTE_MS:
         p.step(1000)
         t_ms += 1000
-    # thermal mass: not instant, but within a few minutes
-    assert MINUTE_MS <= t_ms <= 4 * MINUTE_MS
+    # thermal mass: not instant, but within a few minutes (about 2.4)
+    assert 2 * MINUTE_MS <= t_ms <= 3 * MINUTE_MS
+    assert p.z_mc[MEMORY] < 46000  # the other zones keep their airflow
 
 
 def test_fans_at_zero_also_overheat(plant):
     p = plant
-    power_all(p)
-    fans(p, 0)
-    run_minutes(p, 10)
+    warm(p, 60000, 45000, 45000, 0)
+    run_minutes(p, 5)
     assert p.z_mc[CPU] > 95000
+    assert p.z_mc[MEMORY] > 85000
 
 
 def test_no_power_no_heat(plant):
     p = plant
-    run_minutes(p, 5)
+    fans(p, 500)
+    run_minutes(p, 2)
     assert list(p.z_mc) == [25000, 25000, 25000]
 
 
 def test_cooling_back_to_ambient_after_power_off(plant):
     p = plant
-    power_all(p)
-    fans(p, 500)
-    run_minutes(p, 10)
+    warm(p, 60000, 45000, 45000, 500)
     for i in reversed(range(p.n_rails)):
         p.set_rail_enable(i, 0)
-    run_minutes(p, 20)
+    run_minutes(p, 10)
     assert all(abs(t - 25000) < 500 for t in p.z_mc)
 
 
@@ -310,10 +318,9 @@ def test_ambient_shifts_the_steady_state(plant):
     p = plant
     assert p.set_ambient(35000) == R_OK
     assert p.set_ambient(100000) == R_INVALID_ARGUMENT
-    power_all(p)
-    fans(p, 500)
-    run_minutes(p, 15)
-    assert 68000 <= p.z_mc[CPU] <= 72000
+    warm(p, 60000, 45000, 45000, 500)
+    run_minutes(p, 8)
+    assert 69000 <= p.z_mc[CPU] <= 71000
 
 
 def test_sensors_read_their_zone_plus_offset(plant):
@@ -596,7 +603,8 @@ def test_extreme_conditions_stay_in_the_small_int_range():
     power_all(p)
     for f in range(4):
         p.inject(FAULT_FAN_STALL, f, 0)
-    run_minutes(p, 30)
+    p.set_zone_temp(CPU, 240000)
+    run_minutes(p, 1)
     assert p.z_mc[CPU] == 250000  # clamped
     for i in range(6):
         p.inject(FAULT_RAIL_SHORT, i, 0)

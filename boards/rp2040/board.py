@@ -1,0 +1,268 @@
+"""Raspberry Pi Pico (RP2040) controller: pin map and BoardConfig.
+
+This module is plain data: it imports no ``machine``, so the host and the
+tests can read it on CPython. ``hal.py`` builds its ``machine`` objects from
+``PINS``; ``make_config()`` builds the BoardConfig the firmware runs, from
+the same tables, so a pin and its channel are written down once.
+
+Pin map (Pico GPIO numbers; "ch" is the HAL channel the drivers use)::
+
+    GP0  GP1    UART0 TX/RX: reserved for an optional host UART (PINS.uart);
+                by default the host link is the USB-CDC serial port
+    GP2         digital ch 1  bmc_reset_n        out, starts high (not in reset)
+    GP3         digital ch 2  power_btn_n        in, pull-up (button to GND)
+    GP4  GP5    I2C0 SDA/SCL 400 kHz: i2c ch 0 = TMP117 at 0x48 (board)
+    GP6  GP7    fan 0 cpu_fan        PWM out (slice 3A) / tach in (pull-up)
+    GP8  GP9    fan 1 chassis_fan0   PWM out (slice 4A) / tach in (pull-up)
+    GP10 GP11   fan 2 chassis_fan1   PWM out (slice 5A) / tach in (pull-up)
+    GP12 GP15   rail 0 p12v_main     enable out / power-good in (pull-up)
+    GP13 GP16   rail 1 p5v           enable out / power-good in (pull-up)
+    GP14 GP17   rail 2 p3v3          enable out / power-good in (pull-up)
+    GP18        digital ch 3  tamper switch      in, pull-up, 1 = case open
+    GP19        digital ch 6  door switch        in, pull-up, 1 = door open
+    GP20        digital ch 7  e-stop             in, pull-up, 1 = pressed
+    GP21        digital ch 4  door lock          out, 1 = drive the bolt locked
+    GP22        digital ch 5  lock sense         in, pull-up, inverted: the
+                                                 switch shorts to GND when locked
+    GP25        digital ch 0  led_status         out (the Pico's LED)
+    GP26-28     adc ch 0..2   cpu / inlet / psu  10k B3950 NTC, 10k pull-up to
+                                                 ADC_VREF (ratiometric)
+
+Wiring assumptions, chosen so a broken wire fails safe:
+
+* tamper, door and e-stop are normally-closed contacts to GND: closed reads
+  0, an open contact *or a cut wire* reads 1 (tampered / open / pressed);
+* rails: enable outputs need external pull-downs (a rail stays off while the
+  RP2040 is in reset); power-good is open-drain, active high;
+* fan PWM drives the fan's 25 kHz PWM input directly (``pwm_invert`` for an
+  inverting transistor stage); tachometers are open-collector, 2 pulses/rev.
+
+Not fitted on this board, honestly reported: no rail voltage or current
+monitors (``rail_mv``/``rail_ma`` return READ_ERROR, so telemetry shows 0 and
+no overcurrent is configured -- power-good alone protects the rails).
+
+Channel namespaces (as in boards/sim): adc, i2c, pwm/tach (fan n uses pwm ch
+n and tach ch n), rail (rail n), digital (GPIO lines first, then security).
+
+Interlocks, in table order: <sensor>_crit (ACT_OVERHEAT), <fan>_fault
+(ACT_FANS_MAX after 3 s), <rail>_fault (latched ACT_POWER_DOWN), estop
+(latched ACT_LOCKOUT) -- the same policy as the sim board.
+"""
+
+from metal.core.config import (
+    ACT_FANS_MAX,
+    ACT_LOCKOUT,
+    ACT_OVERHEAT,
+    ACT_POWER_DOWN,
+    BoardConfig,
+    CMP_GE,
+    CMP_NE,
+    DIR_IN,
+    DIR_OUT,
+    Fan,
+    GpioLine,
+    Interlock,
+    Limits,
+    PULL_NONE,
+    PULL_UP,
+    Rail,
+    SAFE_HOLD,
+    Security,
+    Sensor,
+    SENSOR_NTC,
+    SENSOR_TMP117,
+    Zone,
+)
+from metal.core.proto import FAN_OK
+from metal.core.signals import G_ESTOP, SIG_FAN_STATE, SIG_GLOBAL, SIG_RAIL_FAULT, SIG_TEMP
+
+NAME = "rp2040"
+FW_VERSION = "0.1.0"
+
+# EV_BOOT value (reset cause), board-neutral; 0 and 1 mean what they mean on the sim.
+RESET_POWER_ON = 0
+RESET_COMMANDED = 1  # the firmware rebooted itself (REBOOT command)
+RESET_WATCHDOG = 2
+RESET_PIN = 3  # reset pin / RUN button / machine.reset() from the REPL
+RESET_WAKE = 4  # wake from deep sleep
+RESET_OTHER = 5
+
+# zones
+Z_CPU = 0
+Z_CHASSIS = 1
+
+# digital channels
+CH_LED = 0
+CH_BMC_RESET_N = 1
+CH_POWER_BTN_N = 2
+N_GPIO = 3  # digital channels 0..N_GPIO-1 are GPIO lines
+CH_TAMPER = 3
+CH_LOCK = 4
+CH_LOCK_SENSE = 5
+CH_DOOR = 6
+CH_ESTOP = 7
+
+TICK_US = 10000
+FAN_SPINUP_MS = 2000
+FAN_FAULT_DELAY_TICKS = 300  # 3 s: longer than a spin-up
+CRIT_HYSTERESIS_MC = 3000
+CRIT_DELAY_TICKS = 3
+
+
+class DigitalPin:
+    """One digital channel: its GPIO and how the HAL sets it up.
+
+    ``invert``: the HAL reports (and drives) the opposite of the pin level, so
+    every channel is active-high above the HAL. ``initial`` is the level an
+    output is driven to when the HAL creates it (before the drivers run).
+    """
+
+    def __init__(self, name, gpio, direction, pull=PULL_NONE, invert=False, initial=0):
+        self.name = name
+        self.gpio = gpio
+        self.direction = direction
+        self.pull = pull
+        self.invert = invert
+        self.initial = initial
+
+
+class PinMap:
+    """Every GPIO the board uses, indexed by HAL channel (see the module docstring)."""
+
+    def __init__(self):
+        self.adc = (26, 27, 28)  # adc ch -> GPIO (ADC0..2)
+        self.i2c_id = 0
+        self.i2c_sda = 4
+        self.i2c_scl = 5
+        self.i2c_freq = 400000
+        self.i2c_addr = (0x48,)  # i2c ch -> 7-bit address
+        self.pwm = (6, 8, 10)  # pwm ch -> GPIO
+        self.pwm_freq = 25000  # Intel 4-wire fan spec: 21..28 kHz
+        self.pwm_invert = False
+        self.tach = (7, 9, 11)  # tach ch -> GPIO
+        self.rail_en = (12, 13, 14)  # rail ch -> enable GPIO
+        self.rail_pg = (15, 16, 17)  # rail ch -> power-good GPIO
+        self.digital = (
+            DigitalPin("led_status", 25, DIR_OUT),
+            DigitalPin("bmc_reset_n", 2, DIR_OUT, initial=1),
+            DigitalPin("power_btn_n", 3, DIR_IN, pull=PULL_UP),
+            DigitalPin("tamper", 18, DIR_IN, pull=PULL_UP),
+            DigitalPin("lock", 21, DIR_OUT),
+            DigitalPin("lock_sense", 22, DIR_IN, pull=PULL_UP, invert=True),
+            DigitalPin("door", 19, DIR_IN, pull=PULL_UP),
+            DigitalPin("estop", 20, DIR_IN, pull=PULL_UP),
+        )
+        # Host link: None = USB-CDC (sys.stdin/stdout, shared with the REPL);
+        # (uart id, tx GPIO, rx GPIO, baud) = a machine.UART, REPL stays on USB.
+        self.uart = None
+        self.wdt_timeout_ms = 2000  # RP2040 maximum: 8388 ms
+
+
+PINS = PinMap()
+
+
+def used_gpios(pins):
+    """Every GPIO number ``pins`` claims, in a list (start-up and tests only)."""
+    out = list(pins.adc) + [pins.i2c_sda, pins.i2c_scl] + list(pins.pwm) + list(pins.tach)
+    out += list(pins.rail_en) + list(pins.rail_pg)
+    for d in pins.digital:
+        out.append(d.gpio)
+    if pins.uart is not None:
+        out += [pins.uart[1], pins.uart[2]]
+    return out
+
+
+def _zones():
+    return (
+        Zone("cpu", setpoint_mc=60000),
+        Zone("chassis", setpoint_mc=40000),
+    )
+
+
+def _sensors():
+    return (
+        Sensor("cpu", SENSOR_NTC, 0, Z_CPU, warn_mc=85000, crit_mc=95000),
+        Sensor("inlet", SENSOR_NTC, 1, Z_CHASSIS, warn_mc=40000, crit_mc=50000),
+        Sensor("psu", SENSOR_NTC, 2, Z_CHASSIS, warn_mc=70000, crit_mc=80000),
+        Sensor("board", SENSOR_TMP117, 0, Z_CHASSIS, warn_mc=65000, crit_mc=75000),
+    )
+
+
+def _fans():
+    return (
+        Fan("cpu_fan", 0, 0, Z_CPU, max_rpm=12000, pulses_per_rev=2, spinup_ms=FAN_SPINUP_MS),
+        Fan("chassis_fan0", 1, 1, Z_CHASSIS, max_rpm=5000, stall_rpm=200, pulses_per_rev=2,
+            spinup_ms=FAN_SPINUP_MS),
+        Fan("chassis_fan1", 2, 2, Z_CHASSIS, max_rpm=5000, stall_rpm=200, pulses_per_rev=2,
+            spinup_ms=FAN_SPINUP_MS),
+    )
+
+
+def _rails():
+    # No current monitors on this board: overcurrent_ma stays 0 (not monitored).
+    return (
+        Rail("p12v_main", 0, 12000, parent=-1, pg_timeout_ms=100, off_delay_ms=20),
+        Rail("p5v", 1, 5000, parent=0, pg_timeout_ms=50),
+        Rail("p3v3", 2, 3300, parent=1, pg_timeout_ms=50),
+    )
+
+
+def _gpio(pins):
+    lines = []
+    for ch in range(N_GPIO):
+        d = pins.digital[ch]
+        lines.append(GpioLine(d.name, ch, d.direction, pull=d.pull, initial=d.initial))
+    return tuple(lines)
+
+
+def _security():
+    return Security(tamper_ch=CH_TAMPER, lock_ch=CH_LOCK, lock_sense_ch=CH_LOCK_SENSE,
+                    door_ch=CH_DOOR, estop_ch=CH_ESTOP, tamper_action=ACT_POWER_DOWN,
+                    lock_timeout_ms=500, debounce_ticks=3)
+
+
+def _interlocks(sensors, fans, rails):
+    rows = []
+    for i in range(len(sensors)):
+        s = sensors[i]
+        rows.append(Interlock(s.name + "_crit", (SIG_TEMP, i), CMP_GE, s.crit_mc,
+                              hysteresis=CRIT_HYSTERESIS_MC, delay_ticks=CRIT_DELAY_TICKS,
+                              action=ACT_OVERHEAT))
+    for i in range(len(fans)):
+        rows.append(Interlock(fans[i].name + "_fault", (SIG_FAN_STATE, i), CMP_NE, FAN_OK,
+                              delay_ticks=FAN_FAULT_DELAY_TICKS, action=ACT_FANS_MAX))
+    for i in range(len(rails)):
+        rows.append(Interlock(rails[i].name + "_fault", (SIG_RAIL_FAULT, i), CMP_GE, 1,
+                              latch=True, action=ACT_POWER_DOWN))
+    rows.append(Interlock("estop", (SIG_GLOBAL, G_ESTOP), CMP_GE, 1, latch=True,
+                          action=ACT_LOCKOUT))
+    return tuple(rows)
+
+
+def _limits():
+    # serial_budget: the USB-CDC read is one byte per poll (~10 µs each on the
+    # M0+), so 128 bytes a tick keeps the link's share of a 10 ms tick small.
+    return Limits(tick_us=TICK_US, heartbeat_timeout_ms=2000, stale_ticks=5,
+                  overheat_timer_ms=60000, telemetry_every=10, host_lost_action=SAFE_HOLD,
+                  serial_budget=128)
+
+
+def make_config(pins=None):
+    """A fresh BoardConfig for this board (the GPIO lines come from ``pins``)."""
+    if pins is None:
+        pins = PINS
+    sensors = _sensors()
+    fans = _fans()
+    rails = _rails()
+    return BoardConfig(
+        NAME,
+        FW_VERSION,
+        rails=rails,
+        sensors=sensors,
+        fans=fans,
+        zones=_zones(),
+        gpio=_gpio(pins),
+        security=_security(),
+        interlocks=_interlocks(sensors, fans, rails),
+        limits=_limits(),
+    )
