@@ -25,9 +25,11 @@ node_modules/.installed: package.json package-lock.json
 	touch $@
 
 # MicroPython type stubs, kept out of the venv so they never shadow CPython's stdlib.
+# tests/test_typecheck.py uses stdlib/ as mypy's custom typeshed (plus its _mpy_shed/) and
+# unix/ rp2/ esp32/ as per-target MYPYPATH; the port stubs require stdlib-stubs ~=1.29.0.
 $(STUBS)/.installed: Makefile $(STAMP)
 	rm -rf $(STUBS)
-	$(BIN)/pip install --quiet --no-deps --target $(STUBS)/stdlib micropython-stdlib-stubs
+	$(BIN)/pip install --quiet --no-deps --target $(STUBS)/stdlib 'micropython-stdlib-stubs~=1.29.0'
 	$(BIN)/pip install --quiet --no-deps --target $(STUBS)/unix micropython-unix-stubs==$(STUB_VERSION)
 	$(BIN)/pip install --quiet --no-deps --target $(STUBS)/rp2 micropython-rp2-rpi-pico-stubs==$(STUB_VERSION)
 	$(BIN)/pip install --quiet --no-deps --target $(STUBS)/esp32 micropython-esp32-stubs==$(STUB_VERSION)

@@ -122,9 +122,19 @@ class BoardLink:
         if telemetry_len > 0:
             self._send(T_TELEMETRY, telemetry, 0, telemetry_len)
 
+        self.check_heartbeat(now_ms)
+        self._write(now_ms)
+
+    def check_heartbeat(self, now_ms):
+        """Set ``host_lost`` once no HEARTBEAT arrived within the timeout. The
+        firmware calls this in its input phase too, so the safe state starts in
+        the tick the timeout ends instead of one tick later."""
+        if not self._have_boot:
+            self._have_boot = 1
+            self.boot_ms = now_ms
+            self.last_hb_ms = now_ms
         if ticks_diff(now_ms, self.last_hb_ms) > self.heartbeat_timeout_ms:
             self.host_lost = 1
-        self._write(now_ms)
 
     def queue_overflows(self):
         return (self.events.overflows + self.link.stats[S_QUEUE_OVERFLOWS]) & _MASK
@@ -213,6 +223,8 @@ class BoardLink:
                     else:
                         bad = E_SCHEMA
                         break
+        else:
+            cid = self._salvage_id(buf, off, n)
         if cid < 1:
             # No id to answer under: count it and drop it (the host will time out).
             self.malformed = (self.malformed + 1) & _MASK
@@ -232,6 +244,24 @@ class BoardLink:
             return
         code = self.runner.execute(op, target, arg, arg2)
         self._add_result(cid, code, 0, 0)
+
+    def _salvage_id(self, buf, off, n):
+        """The id of a CMD whose payload failed validation (a float, a tag, an
+        integer beyond 30 bits, trailing bytes...), so it can still be answered
+        R_MALFORMED: key 0 with an unsigned value among the map entries before
+        the damage. -1 when there is none to trust."""
+        d = self.dec
+        d.reset(buf, off, off + n)
+        if d.next() != K_MAP:
+            return _NO_ID
+        for _ in range(d.val):
+            if d.next() != K_UINT:
+                return _NO_ID
+            if d.val == 0:
+                return d.val if d.next() == K_UINT else _NO_ID
+            if d.skip() < 0:
+                return _NO_ID
+        return _NO_ID
 
     # -- results ---------------------------------------------------------------------------
     def _find_result(self, cid):

@@ -18,7 +18,14 @@ Everything else is refused with an error code, never an exception:
 
 Nesting depth counts containers: a top-level array or map is at depth 1, an
 array inside it at depth 2, and so on; a container at depth 5 is refused.
-Text strings are not checked for valid UTF-8 here (the host does that).
+Text strings are not checked for valid UTF-8 and duplicate map keys are not
+detected here (the host refuses both; on the board a schema parser sees them).
+
+Errors are found in stream order, item by item; within one head the checks
+run: reserved/indefinite -> simple values and floats -> tags -> truncated
+argument -> 30-bit range -> length/count larger than the bytes left -> map
+key type -> depth. ``metal.host.codec`` applies the same order, so both
+sides name the same error at the same offset.
 
 Nothing on these paths allocates on a 32-bit MicroPython: no slicing, no
 tuples, no intermediate value reaches 2**30 (the top byte of a 4-byte
@@ -182,7 +189,7 @@ class Decoder:
     offset of the data (already skipped), for K_ARRAY/K_MAP ``val`` is the
     item/pair count (the caller reads the children), for K_FALSE/K_TRUE/K_NULL
     ``val`` is 0/1/0. On K_ERROR, ``err`` holds the E_* code and ``pos`` is
-    left at the head of the offending item (or at ``end`` when truncated).
+    left at the head of the offending item (``end`` when no item is left).
     """
 
     def __init__(self):

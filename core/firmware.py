@@ -157,6 +157,9 @@ class Firmware:
         self.security.step(now_ms)
         self.power.step(now_ms)
         self.power.publish()
+        # Judge host liveness now, not in the link phase at the end of the tick,
+        # so the safe state starts in the tick the heartbeat timeout ends.
+        self.link.check_heartbeat(now_ms)
         v = self.signals.v
         g = self.signals.global0
         v[g + G_HOST_LOST] = self.link.host_lost
@@ -206,7 +209,7 @@ class Firmware:
                 if self.limits.host_lost_action == SAFE_POWER_DOWN:
                     power.power_off_all(RF_NONE)
 
-        power.lockout = 1 if (il.lockout or self.tamper_lockout) else 0
+        self._update_lockout()
         thermal.force_max = 1 if (il.fans_max or self.host_lost or self.safe_fans
                                   or self.loop.fault) else 0
 
@@ -254,6 +257,19 @@ class Firmware:
             self.power.emergency_off(RF_SHED)
         self.events.push(EV_SAFE_STATE, 2, act)
 
+    def _update_lockout(self):
+        self.power.lockout = 1 if (self.interlocks.lockout or self.tamper_lockout) else 0
+
+    def _power_veto(self):
+        """1 while no rail may be switched on: a tripped power-down, lockout or
+        shed row; an e-stop asserted this tick that the interlocks have not
+        evaluated yet (a software e-stop earlier in the same batch of commands);
+        an expired overheat timer whose condition still holds (the timer does
+        not restart while expired, so nothing would power the board down again)."""
+        if self.interlocks.blocks_power_on() or self.security.estop:
+            return 1
+        return 1 if self.thermal.overheat_expired else 0
+
     def status_flags(self):
         f = self.security.status_flags()
         if self.host_lost:
@@ -273,13 +289,13 @@ class Firmware:
         """Run one host command; returns an R_* code. Never raises."""
         power = self.power
         if op == OP_RAIL_ON:
-            return power.request_on(target, self.interlocks.blocks_power_on())
+            return power.request_on(target, self._power_veto())
         if op == OP_RAIL_OFF:
             return power.request_off(target)
         if op == OP_RAIL_CYCLE:
-            return power.request_cycle(target, veto=self.interlocks.blocks_power_on())
+            return power.request_cycle(target, veto=self._power_veto())
         if op == OP_POWER_ON:
-            return power.power_on_all(self.interlocks.blocks_power_on())
+            return power.power_on_all(self._power_veto())
         if op == OP_POWER_OFF:
             power.power_off_all(RF_NONE)
             return R_OK
@@ -301,9 +317,17 @@ class Firmware:
         if op == OP_DISARM:
             return sec.disarm()
         if op == OP_TAMPER_CLEAR:
-            return sec.clear_tamper()
+            code = sec.clear_tamper()
+            if code == R_OK:
+                # lift a tamper lockout now: a power-on later in this same batch
+                # of commands must not be judged on the stale flag
+                self.tamper_lockout = 0
+                self._update_lockout()
+            return code
         if op == OP_INTERLOCK_CLEAR:
-            return self.interlocks.clear(target)
+            code = self.interlocks.clear(target)
+            self._update_lockout()  # (likewise for a cleared lockout row)
+            return code
         if op == OP_ESTOP:
             if arg != 0 and arg != 1:
                 return R_INVALID_ARGUMENT

@@ -605,24 +605,35 @@ class FrameSplitter:
         self._discarding = False
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+        """Complete frame chunks in ``data`` (plus what was pending), in order."""
         parts = bytes(data).split(b"\x00")
-        last = len(parts) - 1
-        out: list[bytes] = []
-        for i, part in enumerate(parts):
-            if self._discarding:
-                if i < last:
-                    self._discarding = False
-                continue
-            if self._pending:
-                part = self._pending + part
-                self._pending = b""
-            if len(part) >= MAX_WIRE:
-                out.append(part[:MAX_WIRE])
-                self.oversized += 1
-                if i == last:
-                    self._discarding = True
-            elif i == last:
-                self._pending = part
-            elif part:
-                out.append(part)
+        tail = parts.pop()  # after the last delimiter: not complete yet
+        if parts:
+            if self._discarding:  # the rest of an oversize frame ends here
+                self._discarding = False
+                parts[0] = b""
+            elif self._pending:
+                parts[0] = self._pending + parts[0]
+            self._pending = b""
+        elif self._discarding:
+            return []
+        else:
+            tail = self._pending + tail
+        if parts and max(map(len, parts)) >= MAX_WIRE:
+            out = []
+            for part in parts:
+                if len(part) >= MAX_WIRE:
+                    out.append(part[:MAX_WIRE])
+                    self.oversized += 1
+                elif part:
+                    out.append(part)
+        else:
+            out = [p for p in parts if p]
+        if len(tail) >= MAX_WIRE:
+            out.append(tail[:MAX_WIRE])
+            self.oversized += 1
+            self._discarding = True
+            self._pending = b""
+        else:
+            self._pending = tail
         return out

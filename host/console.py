@@ -248,22 +248,23 @@ class StreamDemux:
 
     def feed(self, data: bytes, now: float) -> list[Item]:
         out: list[Item] = []
-        if data and not self._pending:
-            self._since = now
-        for b in data:
-            if b == 0:
-                if self._pending:
-                    self._chunk(bytes(self._pending), out)
-                    self._pending.clear()
-                self._since = now
-                continue
-            self._pending.append(b)
-            if len(self._pending) > 4096:  # a long text without delimiters, or noise
-                self._flush_pending(out)
+        if not data:
+            return out
+        self._since = now  # idle is measured from the latest byte
+        parts = bytes(data).split(b"\x00")
+        last = len(parts) - 1
+        for i, part in enumerate(parts):
+            self._pending += part
+            if i == last:
+                if len(self._pending) > 4096:  # a long text without delimiters, or noise
+                    self._flush_pending(out)
+            elif self._pending:
+                self._chunk(bytes(self._pending), out)
+                self._pending.clear()
         return out
 
     def flush(self, now: float) -> list[Item]:
-        """Show bytes that have waited ``idle_s`` without a delimiter, if they are text."""
+        """Show pending bytes as text once no byte came for ``idle_s`` (if they are text)."""
         out: list[Item] = []
         if self._pending and now - self._since >= self.idle_s and is_text(bytes(self._pending)):
             out.append(TextItem(bytes(self._pending)))
@@ -430,8 +431,9 @@ class ConsoleView:
         if prev is not None and (prev.get("boot_id"), prev.get("session")) != (
             h.get("boot_id"), h.get("session")):
             self._parts.clear()  # a new session re-sends DESCRIBE
-            self._seen_events.clear() if prev.get("boot_id") != h.get("boot_id") else None
             self._seen_results.clear()
+            if prev.get("boot_id") != h.get("boot_id"):
+                self._seen_events.clear()  # event numbers restart at 1 each boot
         if prev == h:
             return []
         return [

@@ -37,7 +37,6 @@ channel retransmits), instead of stalling the firmware.
 
 from __future__ import annotations
 
-import errno
 import os
 import select
 import shutil
@@ -149,7 +148,7 @@ class SimProcess:
 
     # -- lifecycle ------------------------------------------------------------------
 
-    def command(self) -> tuple[list[str], dict[str, str]]:
+    def _command(self) -> tuple[list[str], dict[str, str]]:
         """The firmware's argv and environment for this runtime."""
         args = ["--uid", self.uid] if self.uid else []
         env = dict(os.environ)
@@ -178,7 +177,7 @@ class SimProcess:
             raise SimError("already started")
         try:
             self._open_endpoint()
-            argv, env = self.command()
+            argv, env = self._command()
             # own session: a Ctrl-C at the terminal reaches `metal sim`, which then
             # stops the firmware itself (no half-dead child printing a traceback)
             self._child = subprocess.Popen(
@@ -433,11 +432,12 @@ class SimProcess:
             del self._to_client[:n]
         except (BlockingIOError, InterruptedError):
             pass
-        except OSError as e:
+        except OSError:
             if self._client is not None:
                 self._drop_client()
-            elif e.errno not in (errno.EIO,):
-                raise
+            else:
+                self._to_client.clear()  # the pty is unusable for now: drop, keep relaying
+                self._align = True
 
     def _to_board(self, d: bytes) -> None:
         if len(self._to_child) + len(d) <= _CHILD_BUF_MAX:

@@ -48,6 +48,7 @@ __all__ = [
     "SENSOR_STATES",
     "STATUS_FLAGS",
     "Layout",
+    "ZONE_MODES",
     "TelemetryError",
     "decode_describe",
     "decode_event",
@@ -91,7 +92,7 @@ ACTIONS: Final = ("none", "fans_max", "shed_rail", "power_down", "lockout", "ove
 SAFE_ACTIONS: Final = ("hold", "power_down")
 COMPARISONS: Final = {1: ">=", 2: "<=", 3: "!="}
 SIGNAL_KINDS: Final = {1: "temp", 2: "sensor_state", 3: "fan_rpm", 4: "fan_state",
-                       5: "rail_state", 6: "rail_fault", 7: "global"}
+                       5: "rail_state", 6: "rail_fault", 7: "global", 8: "fan_stalled"}
 GLOBAL_SIGNALS: Final = ("estop", "tamper", "door_open", "host_lost", "loop_fault", "max_temp")
 
 SECTION_NAMES: Final = {
@@ -515,6 +516,7 @@ _EVENT_SOURCE: Final = {
     proto.EV_GPIO_CHANGE: "gpio",
 }
 _EVENT_VALUE: Final = {
+    proto.EV_BOOT: ("power_on", "commanded"),  # reset cause
     proto.EV_RAIL_STATE: RAIL_STATES,
     proto.EV_POWER_STATE: POWER_STATES,
     proto.EV_SENSOR_STATE: SENSOR_STATES,
@@ -523,9 +525,18 @@ _EVENT_VALUE: Final = {
 }
 
 
+# kinds whose source is a fixed list rather than a board table (docs/describe.md)
+_EVENT_FIXED_SOURCE: Final = {
+    proto.EV_SAFE_STATE: ("host_lost", "loop_fault", "tamper"),
+}
+
+
 def source_name(layout: Layout | None, kind: int, source: Any) -> str | None:
-    """The name of an event's source (rail, sensor, fan, zone, interlock, gpio line)
-    if the kind has a source table and the layout knows the index; else None."""
+    """The name of an event's source (rail, sensor, fan, zone, interlock, gpio line, or
+    the reason of a safe state) if the kind has one and the index is known; else None."""
+    fixed = _EVENT_FIXED_SOURCE.get(kind)
+    if fixed is not None:
+        return fixed[source] if type(source) is int and 0 <= source < len(fixed) else None
     key = _EVENT_SOURCE.get(kind)
     if layout is None or key is None or type(source) is not int:
         return None

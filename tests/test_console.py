@@ -126,7 +126,7 @@ def test_repeated_hello_and_retransmitted_event_are_shown_once() -> None:
     assert len(v.apply(proto.T_HELLO, HELLO)) == 1
     assert v.apply(proto.T_HELLO, HELLO) == []
     ev = {0: 1, 1: proto.EV_BOOT, 2: 0, 3: 0, 4: 0}
-    assert v.apply(proto.T_EVENT, ev) == ["EVENT #1 boot value 0 @0ms"]
+    assert v.apply(proto.T_EVENT, ev) == ["EVENT #1 boot value power_on @0ms"]
     assert v.apply(proto.T_EVENT, ev) == []
     # telemetry before any DESCRIBE: one notice, no table
     assert "no DESCRIBE" in v.apply(proto.T_TELEMETRY, telemetry_payload(), 1)[0]

@@ -3,6 +3,7 @@ probes, and that a hung VM is killed rather than hanging the suite."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -67,6 +68,15 @@ def test_exception_gives_nonzero_rc_and_traceback(mpvm):
     assert "in inner" in r.stderr
     with pytest.raises(AssertionError, match="boom 42"):
         r.check()
+
+
+def test_prelude_keeps_script_line_numbers(mpvm):
+    r = mpvm.run("""
+        print(callable(measure_allocs))
+        raise KeyError("line 3")
+    """, prelude=True)
+    assert r.rc == 1 and r.lines == ["True"], r.describe()
+    assert re.search(r'script\.py", line 3', r.stderr), r.stderr
 
 
 def test_sys_exit_status(mpvm):
@@ -184,13 +194,27 @@ def test_stage_tree_layout(tmp_path):
 
 def test_portable_marker(tmp_path, monkeypatch):
     boards = tmp_path / "boards"
-    (boards / "sim").mkdir(parents=True)
+    (boards / "sim" / "sub").mkdir(parents=True)
     (boards / "sim" / "__init__.py").write_text("")
+    (boards / "sim" / "plant.py").write_text("")
+    (boards / "sim" / "sub" / "__init__.py").write_text("")
     (boards / "rp2040").mkdir()
-    (boards / "rp2040" / "__init__.py").write_text("import machine\n")
-    (boards / "bench").mkdir()
-    (boards / "bench" / "__init__.py").write_text('"""doc"""\n# metal: portable\n')
-    (boards / "onefile.py").write_text("# metal: portable\n")
-    monkeypatch.setattr(harness, "BOARDS", boards)
-    assert harness.all_boards() == ["bench", "onefile", "rp2040", "sim"]
-    assert harness.portable_boards() == ["bench", "onefile", "sim"]
+    (boards / "rp2040" / "__init__.py").write_text('"""pins"""\n# metal: portable\n')
+    (boards / "rp2040" / "board.py").write_text("# metal: portable\nLED = 25\n")
+    (boards / "rp2040" / "hal.py").write_text("import machine\n")
+    (boards / "esp32").mkdir()
+    (boards / "esp32" / "__init__.py").write_text("import machine  # metal: portable? no\n")
+    (boards / "bench.py").write_text("# metal: portable\n")
+    import metal.host.mpvm as impl  # where the functions look BOARDS up
+
+    monkeypatch.setattr(impl, "BOARDS", boards)
+    assert harness.all_boards() == ["bench", "esp32", "rp2040", "sim"]
+    assert harness.portable_modules("sim") == ["metal.boards.sim", "metal.boards.sim.plant", "metal.boards.sim.sub"]
+    assert harness.portable_modules("rp2040") == ["metal.boards.rp2040", "metal.boards.rp2040.board"]
+    assert harness.portable_modules("esp32") == []
+    assert harness.portable_modules("bench") == ["metal.boards.bench"]
+    assert harness.portable_boards() == ["bench", "rp2040", "sim"]
+    assert [b for b in harness.all_boards() if harness.is_portable_board(b)] == ["bench", "sim"]
+    stage = harness.stage_tree(tmp_path / "stage")
+    assert sorted(p.name for p in (stage / "metal" / "boards").iterdir()) == [
+        "__init__.py", "bench.py", "rp2040", "sim"]

@@ -209,6 +209,15 @@ def test_cli_socket_micropython_runtime() -> None:
         pytest.skip(str(e))
     p, url, pid = start_cli("--runtime", "micropython")
     try:
+        # the venv's `micropython` may be a script (its interpreter comes first in argv);
+        # right after exec the cmdline can still read empty, so look again briefly
+        argv: list[bytes] = []
+        end = time.monotonic() + 5
+        while time.monotonic() < end and not any(argv):
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            time.sleep(0.02)
+        assert b"micropython" in [os.path.basename(a) for a in argv], argv
         check_board(url, connect_timeout=20.0)
     finally:
         rc = _terminate(p)

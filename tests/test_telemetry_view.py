@@ -182,6 +182,9 @@ def test_names_of_hello_event_result_log(sim_layout: Layout) -> None:
     assert ev["source_name"] is None and ev["value_c"] == 96.5
     assert decode_event(sim_layout, {0: 7, 1: 200, 2: 0, 3: 0, 4: 0})["kind"] == "unknown(200)"
     assert EVENT_KINDS[proto.EV_ESTOP] == "estop"
+    ev = decode_event(None, {0: 8, 1: proto.EV_SAFE_STATE, 2: 1, 3: 0, 4: 0})
+    assert ev["source_name"] == "loop_fault"
+    assert decode_event(None, {0: 1, 1: proto.EV_BOOT, 2: 0, 3: 1, 4: 0})["value_name"] == "commanded"
     assert decode_result({0: 9, 1: proto.R_REJECTED_BY_INTERLOCK}) == {
         "id": 9, "code": 1, "result": "rejected_by_interlock"}
     assert decode_result({0: 9, 1: 0, 2: 5})["value"] == 5

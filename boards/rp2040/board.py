@@ -83,7 +83,7 @@ FW_VERSION = "0.1.0"
 RESET_POWER_ON = 0
 RESET_COMMANDED = 1  # the firmware rebooted itself (REBOOT command)
 RESET_WATCHDOG = 2
-RESET_PIN = 3  # reset pin / RUN button / machine.reset() from the REPL
+RESET_EXTERNAL = 3  # reset from outside the firmware: RUN pin, machine.reset() at the REPL
 RESET_WAKE = 4  # wake from deep sleep
 RESET_OTHER = 5
 

@@ -9,7 +9,8 @@ only). Conversions:
                     is ratiometric as drivers/ntc.py expects
     i2c_temp_read   TMP117 temperature register 0x00, big-endian 16 bits;
                     0x8000 (the power-on value, no conversion yet) and a bus
-                    error (OSError: NACK, timeout) read READ_ERROR
+                    error (OSError: NACK, timeout) read READ_ERROR; a device
+                    that failed is not asked again for I2C_RETRY_READS reads
     pwm_set         per-mille -> duty_u16 (x 65535 // 1000 <= 65.5e6: a
                     small int even on the 32-bit VM), written on change only
     tach_pulses     falling edges counted by a hard Pin IRQ into an
@@ -45,6 +46,7 @@ from array import array
 import machine
 from machine import ADC, I2C, PWM, WDT, Pin, Timer
 
+from metal.boards.rp2040.board import RESET_COMMANDED
 from metal.core.compat import const, ticks_diff
 from metal.core.config import DIR_OUT, PULL_DOWN, PULL_UP
 from metal.core.hal import READ_ERROR, Hal
@@ -53,8 +55,9 @@ TACH_MASK = const(0x0FFFFFFF)  # counter period 2**28: count + 1 stays a small i
 BREAK_GAP_US = const(20000)  # silence that makes the next byte a frame boundary
 WRITE_CHUNK = const(32)  # bytes per write call: bounded time if the port blocks anyway
 MAINT_FEED_MS = const(500)  # watchdog feed period while in maintenance
+I2C_RETRY_READS = const(49)  # after a bus error, skip this many reads of that device
 TMP117_NO_DATA = const(0x8000)
-REBOOT_MARKER = "/metal-reboot"  # written before a commanded reset (see main.py)
+REBOOT_MARKER = "/metal-reboot"  # holds the cause of a deliberate reset (see main.py)
 
 
 class BreakIn(Exception):
@@ -149,6 +152,14 @@ def _pull(p):
 class Rp2040Hal(Hal):
     def __init__(self, pins):
         self.pins = pins
+        # Rails: every enable low before anything else runs.
+        self._rail_en = []  # type: list[Pin]
+        self._rail_pg = []  # type: list[Pin]
+        for g in pins.rail_en:
+            self._rail_en.append(Pin(g, Pin.OUT, value=0))
+        for g in pins.rail_pg:
+            self._rail_pg.append(Pin(g, Pin.IN, Pin.PULL_UP))
+
         self._adc = []  # type: list[ADC]
         for g in pins.adc:
             self._adc.append(ADC(Pin(g)))
@@ -156,6 +167,7 @@ class Rp2040Hal(Hal):
                         freq=pins.i2c_freq)
         self._i2c_addr = bytearray(pins.i2c_addr)
         self._i2c_buf = bytearray(2)
+        self._i2c_skip = bytearray(len(pins.i2c_addr))  # reads left to skip after an error
         self.i2c_errors = 0
 
         # Fans: PWM outputs start at full duty -- until the thermal controller
@@ -173,14 +185,6 @@ class Rp2040Hal(Hal):
             p = Pin(pins.tach[i], Pin.IN, Pin.PULL_UP)
             p.irq(handler=tach_handler(self._tach_count, i), trigger=Pin.IRQ_FALLING, hard=True)
             self._tach_pins.append(p)
-
-        # Rails: every enable low before anything else runs.
-        self._rail_en = []  # type: list[Pin]
-        self._rail_pg = []  # type: list[Pin]
-        for g in pins.rail_en:
-            self._rail_en.append(Pin(g, Pin.OUT, value=0))
-        for g in pins.rail_pg:
-            self._rail_pg.append(Pin(g, Pin.IN, Pin.PULL_UP))
 
         n_dig = len(pins.digital)
         self._dig = []  # type: list[Pin]
@@ -222,7 +226,7 @@ class Rp2040Hal(Hal):
             wdt.feed()
 
     def reboot(self):
-        _write_marker(REBOOT_MARKER)
+        _write_marker(REBOOT_MARKER, RESET_COMMANDED)
         machine.reset()
 
     def fail_safe(self):
@@ -240,7 +244,7 @@ class Rp2040Hal(Hal):
             def feed(t):
                 wdt.feed()
 
-            self._maint_timer = Timer(period=MAINT_FEED_MS, mode=Timer.PERIODIC, callback=feed)
+            self._maint_timer = Timer(-1, mode=Timer.PERIODIC, period=MAINT_FEED_MS, callback=feed)
 
     # -- analog and digital inputs ---------------------------------------------
     def adc_read(self, ch):
@@ -251,13 +255,19 @@ class Rp2040Hal(Hal):
     def i2c_temp_read(self, ch):
         if ch < 0 or ch >= len(self._i2c_addr):
             return READ_ERROR
+        skip = self._i2c_skip[ch]
+        if skip:
+            self._i2c_skip[ch] = skip - 1
+            return READ_ERROR
         b = self._i2c_buf
         try:
             self._i2c.readfrom_mem_into(self._i2c_addr[ch], 0, b)
         except OSError:
-            # A dead bus raises; counted, reported as no reading. Not the
-            # steady state (a raise allocates), so the healthy tick stays clean.
+            # A device that does not answer raises (and a raise allocates): count
+            # it, report no reading, and leave it alone for I2C_RETRY_READS reads
+            # so a missing part costs one exception every half second, not 100/s.
             self.i2c_errors = (self.i2c_errors + 1) & 0x3FFFFFFF
+            self._i2c_skip[ch] = I2C_RETRY_READS
             return READ_ERROR
         raw = (b[0] << 8) | b[1]
         if raw == TMP117_NO_DATA:
@@ -328,9 +338,9 @@ def _int_array(n):
     return array("i", [0] * n)
 
 
-def _write_marker(path):
+def _write_marker(path, cause):
     try:
         with open(path, "w") as f:
-            f.write("1")
+            f.write(str(cause))
     except OSError:
         pass  # a full or read-only filesystem only costs the reset-cause detail

@@ -27,9 +27,11 @@ running machine should not power it off. Nothing supervises them until the
 next reset, so ``flash.sh`` ends with one.
 
 Reset cause (EV_BOOT value, board.RESET_*): ``machine.reset_cause()`` mapped
-to board-neutral codes; a commanded reboot (REBOOT command) leaves a marker
-file first, because the RP2040 reports its own ``machine.reset()`` as a
-watchdog reset.
+to board-neutral codes. The RP2040 reports its own ``machine.reset()`` as a
+watchdog reset, so whoever resets on purpose first writes the cause into the
+marker file ``/metal-reboot``: the HAL's ``reboot()`` (REBOOT command,
+RESET_COMMANDED) and scripts/flash.sh (RESET_EXTERNAL); main.py reads and
+removes it at boot.
 """
 
 import binascii
@@ -42,8 +44,8 @@ import micropython
 from metal.boards.rp2040.board import (
     PINS,
     RESET_COMMANDED,
+    RESET_EXTERNAL,
     RESET_OTHER,
-    RESET_PIN,
     RESET_POWER_ON,
     RESET_WAKE,
     RESET_WATCHDOG,
@@ -53,21 +55,28 @@ from metal.boards.rp2040.hal import REBOOT_MARKER, BreakIn, Rp2040Hal
 from metal.core.firmware import Firmware
 
 
-def _take_marker(path):
+def take_marker(path):
+    """The reset cause a marker file holds (then removed), or -1 without one."""
     try:
+        with open(path) as f:
+            text = f.read()
         os.remove(path)
-        return True
     except OSError:
-        return False
+        return -1
+    try:
+        return int(text)
+    except ValueError:
+        return RESET_OTHER
 
 
 def reset_cause():
     """EV_BOOT value for this boot (board.RESET_*)."""
-    if _take_marker(REBOOT_MARKER):
-        return RESET_COMMANDED
+    marked = take_marker(REBOOT_MARKER)
+    if marked >= 0:
+        return marked
     c = machine.reset_cause()
     for name, code in (("PWRON_RESET", RESET_POWER_ON), ("WDT_RESET", RESET_WATCHDOG),
-                       ("HARD_RESET", RESET_PIN), ("SOFT_RESET", RESET_COMMANDED),
+                       ("HARD_RESET", RESET_EXTERNAL), ("SOFT_RESET", RESET_EXTERNAL),
                        ("DEEPSLEEP_RESET", RESET_WAKE)):
         if c == getattr(machine, name, None):
             return code

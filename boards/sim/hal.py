@@ -238,6 +238,10 @@ class SimHal(Hal):
             return READ_ERROR
         plant = self.plant
         fault = plant.s_fault[s]
+        if not fault:
+            # plant.sensor_mc(s) written out: the firmware reads every NTC on
+            # every tick, and a call is a large part of this method's cost
+            return mc_to_adc(plant.z_mc[plant.s_zone[s]] + plant.s_offset[s] + plant.s_noise[s])
         if fault == FAULT_SENSOR_OPEN:
             return ADC_OPEN
         if fault == FAULT_SENSOR_SHORT:
@@ -263,7 +267,12 @@ class SimHal(Hal):
         return READ_ERROR
 
     def digital_in(self, ch):
-        return self.plant.digital_level(ch)
+        # plant.digital_level(ch) written out (GPIO and security inputs call this
+        # about a dozen times per tick)
+        plant = self.plant
+        if 0 <= ch < plant.n_digital:
+            return plant.d_level[ch]
+        return 0
 
     def digital_out(self, ch, level):
         self.plant.set_output(ch, level)
@@ -282,7 +291,10 @@ class SimHal(Hal):
         f = self._tach_fan[ch]
         if f < 0:
             return READ_ERROR
-        return self.plant.take_pulses(f)
+        pulses = self.plant.f_pulses  # plant.take_pulses(f) written out (per fan per tick)
+        n = pulses[f]
+        pulses[f] = 0
+        return n
 
     # -- power rails -----------------------------------------------------------------
 
@@ -298,7 +310,10 @@ class SimHal(Hal):
         r = self._rail[ch]
         if r < 0:
             return 0
-        return self.plant.rail_power_good(r)
+        plant = self.plant  # plant.rail_power_good(r) written out (per ON rail per tick)
+        if plant.r_pg[r] and not plant.r_glitch_ms[r]:
+            return 1
+        return 0
 
     def rail_mv(self, ch):
         if ch < 0 or ch >= self._n_rail:

@@ -446,14 +446,12 @@ class Plant:
             self._substep(dt)
 
     def _substep(self, dt):
+        # The sim board's tick runs one sub-step of 10 ms every tick, so this is
+        # on the firmware's measured path: the loops below keep the arrays in
+        # locals and the fan loop also does the per-fan work of the fan supply
+        # and of the thermal model (it needs the speeds of this same sub-step).
         self.elapsed_ms = (self.elapsed_ms + dt) & _MASK30
         self._step_fans(dt)
-        supply = self.fan_supply
-        if supply >= 0:
-            load = self.fan_supply_base_ma
-            for i in range(self.n_fans):
-                load += self.f_full_ma[i] * (self.f_rpm_m[i] // 1000) // self.f_max_rpm[i]
-            self.r_load[supply] = load
         self._step_rails(dt)
         self._step_thermal(dt)
         self._step_lock(dt)
@@ -461,6 +459,8 @@ class Plant:
             self._step_noise()
 
     def _step_fans(self, dt):
+        """Fan speeds and tach pulses; then, from the new speeds, the fan
+        supply's load and each zone's airflow sum (``_step_thermal`` averages it)."""
         rpm_m = self.f_rpm_m
         acc = self.f_pulse_acc
         pulses = self.f_pulses
@@ -468,16 +468,23 @@ class Plant:
         max_rpm = self.f_max_rpm
         ppr = self.f_ppr
         stalled = self.f_stalled
+        full_ma = self.f_full_ma
+        f_zone = self.f_zone
+        air = self.z_airflow
         up = self.fan_tau_up
         down = self.fan_tau_down
+        for z in range(self.n_zones):
+            air[z] = 0
+        load = self.fan_supply_base_ma
         for i in range(self.n_fans):
             if stalled[i]:
                 rpm_m[i] = 0
                 acc[i] = 0
-                continue
+                continue  # adds nothing to the load or the airflow
             # target in milli-RPM: duty ‰ × max RPM (at most 1000 × 65535)
             r = rpm_m[i]
-            diff = duty[i] * max_rpm[i] - r
+            m = max_rpm[i]
+            diff = duty[i] * m - r
             # |diff| <= 6.6e7 and dt <= 10: the product stays below 2**30.
             # Rounding away from the current speed (ceil up, floor down)
             # lets the speed reach the target exactly instead of stalling
@@ -493,6 +500,10 @@ class Plant:
                 a -= n * _MS_PER_MIN
                 pulses[i] = (pulses[i] + n) & _MASK30
             acc[i] = a
+            load += full_ma[i] * (r // 1000) // m
+            air[f_zone[i]] += r // m  # milli-RPM / max = per-mille
+        if self.fan_supply >= 0:
+            self.r_load[self.fan_supply] = load
 
     def _step_rails(self, dt):
         # Parents come before children in a valid config, so a child sees its
@@ -505,13 +516,17 @@ class Plant:
         parent = self.r_parent
         good = self.r_good_mv
         glitch = self.r_glitch_ms
+        elapsed = self.r_elapsed
+        cap = self.r_cap
+        short = self.r_short
+        load = self.r_load
         for i in range(self.n_rails):
             if not glitch[i]:
                 if en[i]:
                     p = parent[i]
-                    if (mv[i] == nom[i] and self.r_elapsed[i] == self.r_cap[i]
-                            and not self.r_short[i] and (p < 0 or mv[p] >= good[p])):
-                        ma[i] = self.r_load[i]  # on and good: only the load may change
+                    if (mv[i] == nom[i] and elapsed[i] == cap[i]
+                            and not short[i] and (p < 0 or mv[p] >= good[p])):
+                        ma[i] = load[i]  # on and good: only the load may change
                         continue
                 elif not mv[i]:
                     continue  # off and discharged: nothing moves
@@ -563,13 +578,15 @@ class Plant:
 
     def _step_thermal(self, dt):
         heat = self.z_heat_mw
-        air = self.z_airflow
+        air = self.z_airflow  # summed over the zone's fans by _step_fans
         z_mc = self.z_mc
         z_acc = self.z_acc
+        z_g0 = self.z_g0
+        z_gfan = self.z_gfan
+        z_cap = self.z_cap
         nz = self.n_zones
         for z in range(nz):
             heat[z] = 0
-            air[z] = 0
         r_zone = self.r_zone
         r_mv = self.r_mv
         r_ma = self.r_ma
@@ -578,24 +595,21 @@ class Plant:
             if z >= 0:
                 # (mV/10) × mA / 100 = mW; both factors keep it below 2**30
                 heat[z] += (r_mv[i] // 10) * r_ma[i] // 100
-        f_zone = self.f_zone
-        rpm_m = self.f_rpm_m
-        max_rpm = self.f_max_rpm
-        for i in range(self.n_fans):
-            air[f_zone[i]] += rpm_m[i] // max_rpm[i]  # milli-RPM / max = per-mille
         amb = self.ambient_mc
         nfans = self.z_nfans
         for z in range(nz):
-            if heat[z] > MAX_HEAT_MW:
-                heat[z] = MAX_HEAT_MW  # keeps heat × dt below 2**30 on any config
+            h = heat[z]
+            if h > MAX_HEAT_MW:
+                h = MAX_HEAT_MW  # keeps heat × dt below 2**30 on any config
+                heat[z] = h
             n = nfans[z]
             if n > 1:
                 air[z] = air[z] // n
-            g = self.z_g0[z] + self.z_gfan[z] * air[z] // 1000
+            g = z_g0[z] + z_gfan[z] * air[z] // 1000
             t = z_mc[z]
             # g <= 3000 and |t - amb| <= 290000: product below 2**30
-            a = z_acc[z] + (heat[z] - g * (t - amb) // 1000) * dt
-            cap = self.z_cap[z]
+            a = z_acc[z] + (h - g * (t - amb) // 1000) * dt
+            cap = z_cap[z]
             q = a // cap  # floor: the remainder stays in [0, cap)
             a -= q * cap
             t += q

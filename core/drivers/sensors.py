@@ -55,7 +55,7 @@ from array import array
 
 from metal.core.compat import const
 from metal.core.config import SENSOR_NTC, SENSOR_TMP117, SENSOR_LM75
-from metal.core.drivers import ntc
+from metal.core.drivers.ntc import RAW_OPEN, RAW_SHORT, adc_to_mc
 from metal.core.hal import READ_ERROR
 from metal.core.proto import (
     EV_SENSOR_STATE,
@@ -127,7 +127,6 @@ class SensorBank:
         self.misses = bytearray(n)  # consecutive invalid ticks (saturates)
         self.reason = bytearray(n)  # reason of the last invalid reading
         self.reason_run = bytearray(n)  # consecutive ticks with that same reason
-        self._val = 0  # _read's conversion result (it returns only the reason)
         self.max_mc_all = TEMP_INVALID  # hottest valid sensor of the whole board
         self.zone_max_mc = array("i", [TEMP_INVALID] * n_zones)
         self.zone_count = bytearray(n_zones)
@@ -145,93 +144,113 @@ class SensorBank:
         v[self._gmax] = TEMP_INVALID
 
     # -- the tick ---------------------------------------------------------------
-    def _read(self, i):
-        """Read sensor ``i`` once: store the m°C in ``_val`` and return _NONE,
-        or return the reason the reading is not valid."""
-        kind = self.kind[i]
-        if kind == SENSOR_NTC:
-            raw = self._adc_read(self.ch[i])
-            if raw == READ_ERROR:
-                return SENSOR_STALE
-            c = ntc.classify(raw)
-            if c == ntc.NTC_OPEN:
-                return SENSOR_OPEN
-            if c == ntc.NTC_SHORT:
-                return SENSOR_SHORT
-            mc = ntc.adc_to_mc(raw)
-        elif kind == SENSOR_TMP117:
-            raw = self._i2c_read(self.ch[i])
-            if raw == READ_ERROR:
-                return SENSOR_STALE
-            mc = tmp117_to_mc(raw)
-        else:  # SENSOR_LM75 (config rejects other kinds)
-            raw = self._i2c_read(self.ch[i])
-            if raw == READ_ERROR:
-                return SENSOR_STALE
-            mc = lm75_to_mc(raw)
-        if mc < self.min_mc[i] or mc > self.max_mc[i]:
-            return SENSOR_RANGE
-        self._val = mc
-        return _NONE
-
     def step(self, now_ms=0):
         """Read every sensor once, update states, publish signals and the
         per-zone summaries. ``now_ms`` is unused (ticks are the time base)."""
+        # One pass per sensor: read, convert, judge, publish and summarise. This
+        # runs for every sensor on every tick, so the arrays live in locals and
+        # the NTC classification is written out here: on the 32-bit VM one
+        # Python call costs about as much as the rest of a sensor's work.
         v = self._v
         stale = self.stale_ticks
-        for i in range(self.n):
-            why = self._read(i)
-            st = self.state[i]
-            if why == _NONE:
-                self.mc[i] = self._val
-                self.misses[i] = 0
-                self.reason_run[i] = 0
-                if st != SENSOR_OK:
-                    self.state[i] = SENSOR_OK
-                    if self.pending[i]:
-                        self.pending[i] = 0  # first reading after boot: not news
-                    else:
-                        self._push(EV_SENSOR_STATE, i, SENSOR_OK, 0)
-            else:
-                if self.misses[i] < stale:
-                    self.misses[i] += 1
-                if why == self.reason[i]:
-                    if self.reason_run[i] < stale:
-                        self.reason_run[i] += 1
-                else:
-                    self.reason[i] = why
-                    self.reason_run[i] = 1
-                if self.pending[i] or st == SENSOR_OK:
-                    if self.misses[i] >= stale:
-                        self.pending[i] = 0
-                        self.state[i] = why
-                        self._push(EV_SENSOR_STATE, i, why, 0)
-                elif why != st and self.reason_run[i] >= stale:
-                    self.state[i] = why
-                    self._push(EV_SENSOR_STATE, i, why, 0)
-
-        # publish and summarise
+        kinds = self.kind
+        chs = self.ch
+        min_mc = self.min_mc
+        max_mc = self.max_mc
+        zones = self.zone
+        mcs = self.mc
+        states = self.state
+        pending = self.pending
+        misses = self.misses
+        reasons = self.reason
+        runs = self.reason_run
+        adc_read = self._adc_read
+        i2c_read = self._i2c_read
+        push = self._push
+        temp0 = self._temp0
+        state0 = self._state0
+        zmax = self.zone_max_mc
+        zbad = self.zone_bad
+        zpend = self.zone_pending
         for z in range(self.n_zones):
-            self.zone_max_mc[z] = TEMP_INVALID
-            self.zone_bad[z] = 0
-            self.zone_pending[z] = 0
+            zmax[z] = TEMP_INVALID
+            zbad[z] = 0
+            zpend[z] = 0
         hottest = TEMP_INVALID
         for i in range(self.n):
-            st = self.state[i]
-            z = self.zone[i]
-            v[self._state0 + i] = st
+            # read and convert: why = _NONE and mc, or the reason it is invalid
+            why = _NONE
+            mc = 0
+            kind = kinds[i]
+            if kind == SENSOR_NTC:
+                raw = adc_read(chs[i])
+                if raw == READ_ERROR:
+                    why = SENSOR_STALE
+                elif raw >= RAW_OPEN:  # ntc.classify, inline
+                    why = SENSOR_OPEN
+                elif raw <= RAW_SHORT:
+                    why = SENSOR_SHORT
+                else:
+                    mc = adc_to_mc(raw)
+            else:
+                raw = i2c_read(chs[i])
+                if raw == READ_ERROR:
+                    why = SENSOR_STALE
+                elif kind == SENSOR_TMP117:
+                    mc = tmp117_to_mc(raw)
+                else:  # SENSOR_LM75 (config rejects other kinds)
+                    mc = lm75_to_mc(raw)
+            if why == _NONE and (mc < min_mc[i] or mc > max_mc[i]):
+                why = SENSOR_RANGE
+
+            # judge (see the state diagram in the module docstring)
+            st = states[i]
+            if why == _NONE:
+                mcs[i] = mc
+                misses[i] = 0
+                runs[i] = 0
+                if st != SENSOR_OK:
+                    st = SENSOR_OK
+                    states[i] = st
+                    if pending[i]:
+                        pending[i] = 0  # first reading after boot: not news
+                    else:
+                        push(EV_SENSOR_STATE, i, SENSOR_OK, 0)
+            else:
+                if misses[i] < stale:
+                    misses[i] += 1
+                if why == reasons[i]:
+                    if runs[i] < stale:
+                        runs[i] += 1
+                else:
+                    reasons[i] = why
+                    runs[i] = 1
+                if pending[i] or st == SENSOR_OK:
+                    if misses[i] >= stale:
+                        pending[i] = 0
+                        st = why
+                        states[i] = st
+                        push(EV_SENSOR_STATE, i, why, 0)
+                elif why != st and runs[i] >= stale:
+                    st = why
+                    states[i] = st
+                    push(EV_SENSOR_STATE, i, why, 0)
+
+            # publish and summarise
+            z = zones[i]
+            v[state0 + i] = st
             if st == SENSOR_OK:
-                t = self.mc[i]
-                v[self._temp0 + i] = t
+                t = mcs[i]
+                v[temp0 + i] = t
                 if t > hottest:
                     hottest = t
-                if t > self.zone_max_mc[z]:
-                    self.zone_max_mc[z] = t
+                if t > zmax[z]:
+                    zmax[z] = t
             else:
-                v[self._temp0 + i] = TEMP_INVALID
-                self.zone_bad[z] += 1
-                if self.pending[i]:
-                    self.zone_pending[z] += 1
+                v[temp0 + i] = TEMP_INVALID
+                zbad[z] += 1
+                if pending[i]:
+                    zpend[z] += 1
         self.max_mc_all = hottest
         v[self._gmax] = hottest
 

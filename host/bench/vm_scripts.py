@@ -12,15 +12,17 @@ with ``metal`` on its path (see ``metal.host.mpvm``). The scripts print
 # belongs to the firmware.
 FIRMWARE_SCRIPT = '''
 import gc
-import micropython
 from array import array
 from metal.boards.sim.board import make_config
 from metal.boards.sim.hal import SimHal
 from metal.core.firmware import Firmware
 from metal.core.link import EV_MESSAGE, Link, ROLE_HOST, ST_CONNECTED
 from metal.core.cbor import Encoder
-from metal.core.compat import ticks_diff, ticks_us
+from metal.core.compat import IS_MICROPYTHON, ticks_diff, ticks_us
 from metal.core import proto as P
+
+if IS_MICROPYTHON:
+    import micropython
 
 cfg = make_config()
 hal = SimHal(cfg)
@@ -132,22 +134,23 @@ def run(n, timed):
 
 st[1] = 1
 run(WARMUP, 0)  # handshake, DESCRIBE, first telemetry: may allocate on the host side
-gc.collect()
-gc.disable()
-before = gc.mem_alloc()
-err = None
-micropython.heap_lock()
-try:
-    run(TICKS, 0)
-except MemoryError as e:
-    err = e
-finally:
-    micropython.heap_unlock()
-after = gc.mem_alloc()
-gc.enable()
-print("memory_error", 1 if err is not None else 0)
-print("alloc_bytes", after - before)
-print("ticks", TICKS)
+if IS_MICROPYTHON and TICKS:
+    gc.collect()
+    gc.disable()
+    before = gc.mem_alloc()
+    err = None
+    micropython.heap_lock()
+    try:
+        run(TICKS, 0)
+    except MemoryError as e:
+        err = e
+    finally:
+        micropython.heap_unlock()
+    after = gc.mem_alloc()
+    gc.enable()
+    print("memory_error", 1 if err is not None else 0)
+    print("alloc_bytes", after - before)
+    print("ticks", TICKS)
 print("cmds_sent", st[2])
 print("results", rx_count[P.T_RESULT])
 print("events", rx_count[P.T_EVENT])
@@ -201,3 +204,94 @@ def parse(stdout: str) -> dict[str, int]:
             except ValueError:
                 continue
     return out
+
+
+# Core codec cost on the reference sim board's TELEMETRY: encode = TelemetryEncoder
+# (CBOR) + encode_frame (CRC, COBS, delimiter); decode = Deframer (COBS, CRC,
+# header) + a full Decoder walk of the payload. Runs on CPython too.
+CODEC_SCRIPT = '''
+from metal.boards.sim.board import make_config
+from metal.boards.sim.hal import SimHal
+from metal.core.firmware import Firmware
+from metal.core.frame import Deframer, encode_frame, SCRATCH_LEN
+from metal.core.cbor import Decoder, K_ERROR, K_ARRAY, K_MAP
+from metal.core.compat import ticks_us, ticks_diff
+from metal.core import proto as P
+
+try:
+    import js
+
+    _perf = js.performance
+
+    def clock():
+        return _perf.now()
+
+    def elapsed_us(t0):
+        return int((_perf.now() - t0) * 1000)
+
+except (ImportError, AttributeError):
+    clock = ticks_us
+
+    def elapsed_us(t0):
+        return ticks_diff(ticks_us(), t0)
+
+
+cfg = make_config()
+hal = SimHal(cfg)
+fw = Firmware(cfg, hal, 1, "sim-bench")
+fw.execute(P.OP_POWER_ON, 0, 0, 0)
+t = 0
+for _ in range(300):
+    fw.loop.tick(t)
+    t += 10000
+tel = fw.telemetry
+loop = fw.loop
+scratch = bytearray(SCRATCH_LEN)
+wire = bytearray(P.MAX_WIRE)
+df = Deframer()
+dec = Decoder()
+
+
+def encode_once():
+    n = tel.encode(fw.sensors, fw.fans, fw.power, fw.gpio.levels, 0, 0, fw.status_flags(),
+                   loop.last_us, loop.window_max_us, loop.overruns, 0)
+    return encode_frame(P.T_TELEMETRY, P.F_ACK, 7, 3, tel.buf, 0, n, scratch, wire, 0)
+
+
+def decode_once(n):
+    df.feed(wire, 0, n)
+    if df.status != 0:
+        return -1
+    b = df.body
+    s = df.payload_start
+    dec.reset(b, s, s + df.payload_len)
+    items = 0
+    while dec.pos < dec.end:
+        k = dec.next()
+        if k == K_ERROR:
+            return -1
+        items += 1
+    return items
+
+
+n = encode_once()
+payload_len = tel.len
+assert decode_once(n) > 0
+N = ITER
+t0 = clock()
+for _ in range(N):
+    encode_once()
+enc_us = elapsed_us(t0)
+t0 = clock()
+for _ in range(N):
+    decode_once(n)
+dec_us = elapsed_us(t0)
+print("wire_bytes", n)
+print("payload_bytes", payload_len)
+print("encode_ns", enc_us * 1000 // N)
+print("decode_ns", dec_us * 1000 // N)
+'''
+
+
+def codec_script(iterations: int) -> str:
+    return f"ITER = {int(iterations)}\n" + CODEC_SCRIPT

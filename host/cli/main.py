@@ -2,6 +2,10 @@
 
 import click
 
+from metal.host.cli.bench import bench
+from metal.host.cli.console import console
+from metal.host.cli.sim import sim
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="metal")
@@ -9,6 +13,6 @@ def cli() -> None:
     """metal: open hardware management for a MicroPython controller board and its host."""
 
 
-@cli.group()
-def bench() -> None:
-    """Benchmarks; each prints one JSON object."""
+cli.add_command(bench)
+cli.add_command(sim)
+cli.add_command(console)

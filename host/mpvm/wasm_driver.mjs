@@ -2,20 +2,24 @@
 // @micropython/micropython-webassembly-pyscript) under Node.
 //
 //   node wasm_driver.mjs [--heapsize N[K|M]] [--pystack N] [--lib DIR]... [--stdin]
-//                        [--no-guard] SCRIPT
+//                        [--prelude FILE] [--no-guard] SCRIPT
 //
 // --lib DIR   copy the tree DIR (symlinks followed; __pycache__ and *.pyc skipped) into the
 //             VM's /lib, which is on sys.path: a staging dir holding metal/core/... makes
 //             `import metal.core.x` work. Repeatable.
 // --stdin     give the VM a blocking byte pipe on sys.stdin (fs.readSync on fd 0).
-// --no-guard  run the script with mp.runPython directly instead of inside guard.py.
+// --prelude FILE  run FILE first, in the script's globals (its own line numbers).
+// --no-guard  run the script with mp.runPython directly instead of inside guard.upy.
 //
 // The VM's stdout goes to stdout byte for byte (flushed at every newline, synchronously, so
 // output before a hang is not lost); a Python exception is printed on stderr as a traceback
-// and the exit status is 1; sys.exit(n) exits with n. Driver errors exit with 64 (usage) or
-// 69 (VM package not found).
+// and the exit status is 1; sys.exit(n) exits with n. Driver errors exit with 64 (usage),
+// 69 (VM package not found) or 70 (internal error).
 //
-// The guard (guard.py, next to this file): an uncaught MemoryError while the heap is locked
+// --heapsize is the VM's initial GC heap: this (pyscript) build grows it on demand, so it is
+// not a memory limit (the unix port's -X heapsize is).
+//
+// The guard (guard.upy, next to this file): an uncaught MemoryError while the heap is locked
 // hangs this VM at 100 % CPU (formatting the traceback needs the heap). The script therefore
 // runs inside exec(compile(src, SCRIPT, "exec")) in a try that unlocks the heap completely
 // before printing the traceback on stderr (exit status 1). Line numbers are kept. It is a
@@ -29,7 +33,7 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 
 const PKG = "@micropython/micropython-webassembly-pyscript";
 const HERE = path.dirname(fileURLToPath(import.meta.url));
-const REPO_ROOT = path.resolve(HERE, "..", "..");
+const REPO_ROOT = path.resolve(HERE, "..", "..");  // host/mpvm -> the checkout
 
 function usage(msg) {
   process.stderr.write(`wasm_driver: ${msg}\n`);
@@ -44,13 +48,14 @@ function parseSize(text) {
 }
 
 function parseArgs(argv) {
-  const opts = { heapsize: 512 * 1024, pystack: 2048, libs: [], stdin: false, guard: true, script: null };
+  const opts = { heapsize: 512 * 1024, pystack: 2048, libs: [], stdin: false, guard: true, prelude: null, script: null };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === "--heapsize") opts.heapsize = parseSize(argv[++i]);
     else if (a === "--pystack") opts.pystack = parseSize(argv[++i]);
     else if (a === "--lib") opts.libs.push(argv[++i]);
     else if (a === "--stdin") opts.stdin = true;
+    else if (a === "--prelude") opts.prelude = argv[++i];
     else if (a === "--no-guard") opts.guard = false;
     else if (a.startsWith("--")) usage(`unknown option ${a}`);
     else if (opts.script === null) opts.script = a;
@@ -58,6 +63,9 @@ function parseArgs(argv) {
   }
   if (opts.script === null) usage("no script given");
   if (!fs.statSync(opts.script, { throwIfNoEntry: false })?.isFile()) usage(`${opts.script}: no such file`);
+  if (opts.prelude !== null && !fs.statSync(opts.prelude || "", { throwIfNoEntry: false })?.isFile()) {
+    usage(`--prelude ${opts.prelude}: no such file`);
+  }
   for (const lib of opts.libs) {
     if (!lib || !fs.statSync(lib, { throwIfNoEntry: false })?.isDirectory()) usage(`--lib ${lib}: not a directory`);
   }
@@ -65,9 +73,12 @@ function parseArgs(argv) {
 }
 
 async function loadPackage() {
-  // Resolve from the repository root (where `npm ci` puts node_modules), then from here.
-  let resolved = null;
+  // $METAL_WASM_PACKAGE (set by metal.host.mpvm) names the package's micropython.mjs;
+  // otherwise resolve from the repository root (where `npm ci` puts node_modules), then here.
+  let resolved = process.env.METAL_WASM_PACKAGE || null;
+  if (resolved && !fs.existsSync(resolved)) resolved = null;
   for (const base of [path.join(REPO_ROOT, "package.json"), import.meta.url]) {
+    if (resolved !== null) break;
     try {
       resolved = createRequire(base).resolve(PKG);
       break;
@@ -155,14 +166,18 @@ async function main() {
   mp.FS.mkdir("/run");
   const scriptPath = "/run/" + path.basename(opts.script);
   mp.FS.writeFile(scriptPath, source);
+  const prelude = opts.prelude === null ? null : fs.readFileSync(opts.prelude);
+  const preludePath = "/run/_metal_prelude.py";
+  if (prelude !== null) mp.FS.writeFile(preludePath, prelude);
 
   let status = 0;
   try {
     if (opts.guard) {
-      mp.runPython(fs.readFileSync(path.join(HERE, "guard.py"), "utf8"));
-      mp.runPython(`_metal_guard(${JSON.stringify(scriptPath)})`);
+      mp.runPython(fs.readFileSync(path.join(HERE, "guard.upy"), "utf8"));
+      const args = [scriptPath, ...(prelude === null ? [] : [preludePath])].map((a) => JSON.stringify(a));
+      mp.runPython(`_metal_guard(${args.join(", ")})`);
     } else {
-      mp.runPython(source.toString("utf8"));
+      mp.runPython((prelude === null ? "" : prelude.toString("utf8") + "\n") + source.toString("utf8"));
     }
   } catch (error) {
     if (error?.name !== "PythonError") throw error;

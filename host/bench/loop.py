@@ -1,0 +1,103 @@
+"""``metal bench loop``: the reference sim board's tick, per runtime.
+
+Shape (stable keys, other tools read them)::
+
+    {"runtimes": {
+        "cpython":          {tick_us_mean, tick_us_p50, tick_us_p99, tick_us_max,
+                             calibration_us, jitter_us_p99_100hz, jitter_us_p99_1khz},
+        "micropython-unix": {tick_us_*, calibration_us, allocs_per_tick, tick_ratio_p50},
+        "micropython-wasm": {... same ...}},
+     "ticks": N, "timed_ticks": M, "targets": {...}}
+
+Each runtime runs the sim firmware with a host link in the same process
+(commands, heartbeats, telemetry, events: see ``vm_scripts.FIRMWARE_SCRIPT``).
+``allocs_per_tick`` is the heap growth over ``ticks`` ticks under heap_lock
+with the collector off, divided by ``ticks`` (0.0 means none at all; a
+MemoryError under the lock is reported as ``"memory_error": true``).
+``calibration_us`` times 100,000 iterations of ``x = x ^ i`` in a function in
+the same VM, so ``tick_ratio_p50 = tick_us_p50 / calibration_us`` carries to a
+real board. Jitter: tick-start lateness against the drift-free schedule of
+``Loop.run_forever`` on CPython, at 100 Hz and 1 kHz.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Any
+
+from metal.host import mpvm
+from metal.host.bench.vm_scripts import firmware_script, parse
+
+VM_RUNTIMES = {"micropython-unix": "unix", "micropython-wasm": "wasm"}
+TARGETS = {"micropython-wasm": {"tick_us_p99": 300, "tick_ratio_p50": 0.015}}
+_TIMING_KEYS = ("tick_us_mean", "tick_us_p50", "tick_us_p99", "tick_us_max", "calibration_us")
+
+
+def _timing(got: dict[str, int]) -> dict[str, Any]:
+    out: dict[str, Any] = {k: got[k] for k in _TIMING_KEYS if k in got}
+    if got.get("calibration_us"):
+        out["tick_ratio_p50"] = round(got["tick_us_p50"] / got["calibration_us"], 4)
+    return out
+
+
+def run_cpython(timed_ticks: int, jitter_s: float) -> dict[str, Any]:
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        exec(compile(firmware_script(0, timed_ticks), "firmware_script", "exec"),  # noqa: S102
+             {"__name__": "__bench__"})
+    out = _timing(parse(buf.getvalue()))
+    out["jitter_us_p99_100hz"] = jitter_p99(10_000, jitter_s)
+    out["jitter_us_p99_1khz"] = jitter_p99(1_000, jitter_s)
+    return out
+
+
+def run_vm(vm: str, ticks: int, timed_ticks: int) -> dict[str, Any]:
+    reason = mpvm.missing(vm)
+    if reason:
+        return {"error": reason}
+    r = mpvm.run(vm, firmware_script(ticks, timed_ticks), timeout=900, heapsize="2M")
+    if r.rc != 0:
+        return {"error": f"{vm} VM failed (rc {r.rc}): {r.stderr.strip()[-400:]}"}
+    got = parse(r.stdout)
+    out = _timing(got)
+    out["allocs_per_tick"] = round(got["alloc_bytes"] / ticks, 3) if ticks else None
+    out["memory_error"] = bool(got.get("memory_error"))
+    return out
+
+
+def jitter_p99(tick_us: int, seconds: float) -> int:
+    """p99 of tick-start lateness (µs) of the sim firmware's own Loop.run_forever."""
+    from metal.boards.sim.board import make_config
+    from metal.boards.sim.hal import SimHal
+    from metal.core.config import Limits
+    from metal.core.firmware import Firmware
+
+    cfg = make_config()
+    lim = cfg.limits
+    cfg.limits = Limits(tick_us=tick_us, heartbeat_timeout_ms=lim.heartbeat_timeout_ms,
+                        stale_ticks=lim.stale_ticks, overheat_timer_ms=lim.overheat_timer_ms,
+                        telemetry_every=lim.telemetry_every, overrun_limit=lim.overrun_limit,
+                        host_lost_action=lim.host_lost_action, serial_budget=lim.serial_budget)
+    fw = Firmware(cfg, SimHal(cfg), 1, "sim-jitter")
+    lateness: list[int] = []
+    tick = fw.loop.tick
+
+    def recording_tick(now_us: int, late_us: int = -1) -> int:
+        lateness.append(late_us)
+        return tick(now_us, late_us)
+
+    fw.loop.tick = recording_tick  # type: ignore[method-assign]
+    n = max(100, int(seconds * 1_000_000 / tick_us))
+    fw.loop.run_forever(n)
+    lateness.sort()
+    return lateness[(len(lateness) * 99) // 100]
+
+
+def run(ticks: int = 10_000, timed_ticks: int = 3_000, jitter_s: float = 2.0,
+        vms: bool = True) -> dict[str, Any]:
+    runtimes: dict[str, Any] = {"cpython": run_cpython(timed_ticks, jitter_s)}
+    if vms:
+        for name, vm in VM_RUNTIMES.items():
+            runtimes[name] = run_vm(vm, ticks, timed_ticks)
+    return {"runtimes": runtimes, "ticks": ticks, "timed_ticks": timed_ticks, "targets": TARGETS}
