@@ -142,36 +142,79 @@ class Pid:
 
         Both inputs are m°C within ±2**29 (sensor readings and setpoints are
         within ±200 000), so their difference is still a small int."""
-        e = _clamp(measured_mc - setpoint_mc, E_MAX)
-        self.p = self.kp * _clamp(e, self._ep_lim) // 1000
+        # Every zone runs this on every tick. The clamps, the truncating
+        # divisions and the output formula are the module helpers (_clamp,
+        # _div_toward_zero, _output) written out in place: on the 32-bit VM the
+        # nine calls cost more than all the arithmetic.
+        e = measured_mc - setpoint_mc
+        if e > E_MAX:
+            e = E_MAX
+        elif e < -E_MAX:
+            e = -E_MAX
+        lim = self._ep_lim
+        x = e
+        if x > lim:
+            x = lim
+        elif x < -lim:
+            x = -lim
+        p = self.kp * x // 1000
+        self.p = p
 
+        m = measured_mc
+        if m > E_MAX:
+            m = E_MAX
+        elif m < -E_MAX:
+            m = -E_MAX
         if self._have_prev:
-            dm = _clamp(measured_mc - self._prev_mc, E_MAX)
-            dterm = self.kd * _clamp(dm, self._ed_lim) // self.dt_ms
-            self.d = _clamp(dterm, D_MAX)
+            # one clamp to ±ed_lim does both of the documented clamps
+            # (±E_MAX, then ±ed_lim): _lim() never returns more than E_MAX
+            dm = measured_mc - self._prev_mc
+            lim = self._ed_lim
+            if dm > lim:
+                dm = lim
+            elif dm < -lim:
+                dm = -lim
+            d = self.kd * dm // self.dt_ms
+            if d > D_MAX:
+                d = D_MAX
+            elif d < -D_MAX:
+                d = -D_MAX
         else:
-            self.d = 0
-        self._prev_mc = _clamp(measured_mc, E_MAX)
+            d = 0
+        self.d = d
+        self._prev_mc = m
         self._have_prev = 1
 
+        out_min = self.out_min
+        out_max = self.out_max
+        slew = self.slew
+        last = self.out
         if self._bumpless:
             # Choose the integral so that P + I + D equals the held output.
             self._bumpless = 0
-            i = (self.out * 1000 - self.p - self.d) * _I_PER_MPERMILLE
+            i = (last * 1000 - p - d) * _I_PER_MPERMILLE
             if i < self._i_min:
                 i = self._i_min
             elif i > self._i_max:
                 i = self._i_max
             self.i = i
         else:
-            step = _div_toward_zero(self.ki * _clamp(e, self._ei_lim), 1000)
-            step = _div_toward_zero(step * self.dt_ms, 10)
+            lim = self._ei_lim
+            x = e
+            if x > lim:
+                x = lim
+            elif x < -lim:
+                x = -lim
+            # two divisions truncating toward zero (see _div_toward_zero)
+            step = self.ki * x
+            step = -((-step) // 1000) if step < 0 else step // 1000
+            step = step * self.dt_ms
+            step = -((-step) // 10) if step < 0 else step // 10
             if step != 0:
                 # Where would the output go without integrating this tick?
-                want = self._output()
-                last = self.out
-                pinned_high = want >= self.out_max or want > last + self.slew
-                pinned_low = want <= self.out_min or want < last - self.slew
+                want = (p + self.i // _I_PER_MPERMILLE + d + 500) // 1000
+                pinned_high = want >= out_max or want > last + slew
+                pinned_low = want <= out_min or want < last - slew
                 if (step > 0 and not pinned_high) or (step < 0 and not pinned_low):
                     i = self.i + step
                     if i < self._i_min:
@@ -180,16 +223,15 @@ class Pid:
                         i = self._i_max
                     self.i = i
 
-        out = self._output()
-        last = self.out
-        if out > last + self.slew:
-            out = last + self.slew
-        elif out < last - self.slew:
-            out = last - self.slew
-        if out > self.out_max:
-            out = self.out_max
-        elif out < self.out_min:
-            out = self.out_min
+        out = (p + self.i // _I_PER_MPERMILLE + d + 500) // 1000  # _output()
+        if out > last + slew:
+            out = last + slew
+        elif out < last - slew:
+            out = last - slew
+        if out > out_max:
+            out = out_max
+        elif out < out_min:
+            out = out_min
         self.out = out
         return out
 

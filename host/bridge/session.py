@@ -330,6 +330,7 @@ class DeviceSession:
         self._next_drift = 0.0
         self._resync_due = False
         self._resync_task: asyncio.Task[None] | None = None
+        self._drift_task: asyncio.Task[Any] | None = None
         self._restored_boot: int | None = None
         self._zones_live: set[int] = set()  # zone modes set by live events this process
 
@@ -589,8 +590,8 @@ class DeviceSession:
                 link.send(P.T_HEARTBEAT, p, 0, len(p))
         if now >= self._next_drift and self._started:
             self._next_drift = now + self.config.drift_every_s
-            if self.online:
-                self._spawn(self.state.evaluate())
+            if self.online and (self._drift_task is None or self._drift_task.done()):
+                self._drift_task = self._spawn(self.state.evaluate())
         self._update_status()
 
     def _flush(self) -> None:
@@ -813,8 +814,7 @@ class DeviceSession:
             log.error("%s: bad DESCRIBE: %s", self.device_id, exc)
             return
         hexes = [p.hex() for p in parts]
-        new_boot = self._layout_boot != self.boot_id
-        self._set_layout(layout, self.boot_id, reset=new_boot)
+        self._set_layout(layout, self.boot_id)
         if hexes != self._describe_hex:
             self._describe_hex = hexes
             self._spawn(asyncio.to_thread(
@@ -827,25 +827,22 @@ class DeviceSession:
         if self._orphans.rows and self._orphans.settle_task is None:
             self._orphans.settle_task = self._spawn(self._settle_orphans())
 
-    def _set_layout(self, layout: Layout, boot: int | None, reset: bool = True) -> None:
-        sizes_changed = (self.layout is None or len(layout.zones) != len(self.zone_modes)
-                         or len(layout.rails) != len(self.rail_faults))
+    def _set_layout(self, layout: Layout, boot: int | None) -> None:
         self.layout = layout
         self._layout_boot = boot
-        if reset or sizes_changed:
-            self._ensure_arrays(force=sizes_changed)
+        self._ensure_arrays()  # per-zone/per-rail state is reset only if the sizes changed
         self._rebuild_snapshot()
 
-    def _ensure_arrays(self, force: bool = False) -> None:
+    def _ensure_arrays(self) -> None:
         lay = self.layout
         if lay is None:
             return
         nz, nr = len(lay.zones), len(lay.rails)
-        if force or len(self.zone_modes) != nz:
+        if len(self.zone_modes) != nz:
             self.zone_modes = ["auto"] * nz
             self.zone_setpoints_c = [None] * nz
             self.zone_manual_duty = [None] * nz
-        if force or len(self.rail_faults) != nr:
+        if len(self.rail_faults) != nr:
             self.rail_faults = [None] * nr
 
     # -- TELEMETRY -----------------------------------------------------------------

@@ -428,6 +428,27 @@ def test_repeated_id_keeps_a_refusal(board):
     assert b.fw.power.state[2] == RAIL_ON
 
 
+@pytest.mark.parametrize("op,target,arg,field", [
+    (OP_ZONE_MANUAL, 1, 700, "fan_duty"),
+    (OP_ZONE_AUTO, 2, 0, "zone_requested"),
+    (OP_ZONE_SETPOINT, 0, 50000, "zone_setpoint"),
+    (OP_GPIO_WRITE, 3, 0, "gpio_levels"),
+    (OP_ARM, 0, 0, "armed"),
+    (OP_LOCK, 0, 0, "lock_cmd"),  # (the bolt boots unlocked in the sim)
+    (OP_ESTOP, 0, 1, "soft_estop"),
+    (OP_SET_HB_TIMEOUT, 0, 4000, "hb_timeout_ms"),
+    (OP_RAIL_OFF, 5, 0, "rail_want"),
+    (OP_SIM_FAULT, 4, FAULT_SENSOR_STUCK, "plant_faults"),
+])
+def test_fingerprint_sees_what_a_valid_command_changes(board, op, target, arg, field):
+    """The before/after comparisons above are not vacuous: a valid command shows."""
+    b = board
+    before = settle(b, 1)
+    assert b.cmd(op, target, arg, 30000) == R_OK
+    after = settle(b, 1)
+    assert after[field] != before[field]
+
+
 def test_fresh_id_after_a_refusal_executes(board):
     b = board
     assert b.cmd(OP_RAIL_OFF, 99) == R_UNKNOWN_TARGET

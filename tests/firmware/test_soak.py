@@ -14,7 +14,8 @@ Checked after every tick (``SafetyMonitor``):
 * no rail enable output rises while a critical interlock (a row whose action
   is a power-down or a lockout: the rail-fault rows and the e-stop) was
   tripped at the end of the previous tick, nor while the overheat timer had
-  expired;
+  expired, nor while the e-stop signal was asserted (a software e-stop is
+  asserted one tick before its row trips);
 * once such a row is tripped, or the overheat timer has expired, every rail
   is OFF or FAULT with its enable low within ``power_down_bound_ticks`` and
   stays so while the condition lasts;
@@ -39,7 +40,7 @@ import time
 
 import pytest
 
-from metal.core.config import ACT_LOCKOUT, ACT_POWER_DOWN
+from metal.core.config import ACT_FANS_MAX, ACT_LOCKOUT, ACT_OVERHEAT, ACT_POWER_DOWN
 from metal.core.proto import (
     FAULT_CLEAR,
     FAULT_DOOR,
@@ -74,6 +75,7 @@ from metal.core.proto import (
     RAIL_OFF,
     RAIL_ON,
 )
+from metal.core.signals import G_ESTOP
 
 from .harness import TICK_MS, SimBoard, power_down_bound_ticks
 
@@ -96,6 +98,8 @@ class SafetyMonitor:
         self.max_tel_gap = 2 * cfg.limits.telemetry_every
         self.prev_crit = 0
         self.prev_expired = 0
+        self.prev_estop = 0
+        self.estop_sig = b.fw.signals.global0 + G_ESTOP
         self.crit_since = None
         self.expired_since = None
         self.seen_enables = 0
@@ -135,6 +139,8 @@ class SafetyMonitor:
                     % (r, t, self.prev_crit))
                 assert not self.prev_expired, (
                     "rail %d enabled in tick %d after the overheat timer expired" % (r, t))
+                assert not self.prev_estop, (
+                    "rail %d enabled in tick %d with the e-stop asserted" % (r, t))
         self.seen_enables = len(enables)
 
         # 2. every rail down within the bound, and kept down
@@ -170,6 +176,7 @@ class SafetyMonitor:
         assert fw.power.illegal_transitions == 0
         self.prev_crit = crit
         self.prev_expired = expired
+        self.prev_estop = fw.signals.v[self.estop_sig]
         self._was_on = any_on
 
     def _check_down(self, b, age, was_down, why):
@@ -309,7 +316,10 @@ class Chaos:
         elif c == 11:
             self.send(rng.choice((OP_LOCK, OP_UNLOCK)))
         elif c == 12:
-            self.send(OP_ESTOP, 0, 1 if rng.random() < 0.3 else 0)
+            on = 1 if rng.random() < 0.3 else 0
+            self.send(OP_ESTOP, 0, on)
+            if on and rng.random() < 0.5:
+                self.send(OP_POWER_ON)  # in the same batch as the e-stop
         elif c == 13:
             self.send(OP_TAMPER_CLEAR)
         elif c == 14:
@@ -348,7 +358,9 @@ def check_run(b, monitor, chaos, seconds):
     assert monitor.ticks_rails_on > monitor.ticks // 4
     assert monitor.crit_trips_with_rails_on >= seconds // 120
     assert monitor.expiries_with_rails_on >= 1
-    assert monitor.rows_tripped & 0x7FFFF == 0x7FFFF & monitor.rows_tripped
+    for action in (ACT_OVERHEAT, ACT_FANS_MAX, ACT_POWER_DOWN, ACT_LOCKOUT):
+        rows = sum(1 << i for i, r in enumerate(b.config.interlocks) if r.action == action)
+        assert monitor.rows_tripped & rows, "no interlock with action %d ever tripped" % action
     assert len(chaos.faults) >= 9
     n_tel = len(b.telemetry)
     assert n_tel >= (seconds * TICKS_PER_S) // b.config.limits.telemetry_every - 5
