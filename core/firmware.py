@@ -13,7 +13,8 @@ Tick phases (the loop calls them in this order)::
     interlocks   evaluate the table; apply its actions: fans max, overheat
                  timer start/cancel, power-down / e-stop lockout, rail shed;
                  tamper action; host-lost safe state
-    controllers  thermal zones (PID/stepwise/failsafe/max) -> fan duty
+    controllers  thermal zones (PID/stepwise/failsafe/max) -> fan duty;
+                 an overheat timer that expired here starts the power-down
     policy       (no policy table in this firmware version: nothing to do)
     outputs      GPIO lines (debounced inputs, changed outputs)
     link         serial I/O within the byte budget, commands, results,
@@ -189,9 +190,6 @@ class Firmware:
         elif thermal.overheat_running or thermal.overheat_expired:
             thermal.overheat_cancel()
             self.overheat_done = 0
-        if thermal.overheat_expired and not self.overheat_done:
-            self.overheat_done = 1
-            power.power_off_all(RF_SHED)
 
         act = self.security.take_action()
         if act != ACT_NONE:
@@ -214,7 +212,14 @@ class Firmware:
                                   or self.loop.fault) else 0
 
     def phase_controllers(self, now_ms):
-        self.thermal.step(now_ms)
+        thermal = self.thermal
+        thermal.step(now_ms)
+        # The timer expires inside thermal.step: start the power-down in this
+        # tick, before the next tick's power sequencer could switch on one
+        # more rail of a power-up still in progress.
+        if thermal.overheat_expired and not self.overheat_done:
+            self.overheat_done = 1
+            self.power.power_off_all(RF_SHED)
 
     def phase_policy(self, now_ms):
         return  # no policy table in this firmware version

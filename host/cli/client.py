@@ -145,7 +145,8 @@ class Client:
         except urllib.error.URLError as e:
             reason = e.reason
             text = getattr(reason, "strerror", None) or str(reason)
-            raise ApiError("unreachable", f"cannot reach the bridge at {self.base_url}: {text}") from None
+            raise ApiError("unreachable",
+                           f"cannot reach the bridge at {self.base_url}: {text}") from None
         except (TimeoutError, socket.timeout):
             raise ApiError("timeout", f"no answer from the bridge at {self.base_url} within "
                                       f"{self.timeout:g} s") from None
@@ -331,8 +332,8 @@ class WebSocket:
                 except OSError:
                     pass
                 self._shutdown()
-                raise StreamClosed(f"closed by the bridge ({code}{': ' + reason if reason else ''})",
-                                   code, reason)
+                shown = f" ({code}: {reason})" if reason else f" ({code})" if code else ""
+                raise StreamClosed(f"closed by the bridge{shown}", code, reason)
             if opcode == 0x9:  # ping
                 self._send(0xA, payload)
                 continue

@@ -31,6 +31,7 @@ import click
 
 from metal.host.cli.bridge import (
     BridgeRun,
+    CliError,
     bind_socket,
     config_error,
     manager_config,
@@ -41,15 +42,14 @@ from metal.host.config import (
     DEFAULT_STATE_DIR,
     ENV_VARS,
     LOG_LEVELS,
-    BridgeConfig,
     ConfigError,
     DeviceConfig,
     load_config,
 )
+from metal.host.sim_process import RUNTIMES
 
 __all__ = ["sim_uid", "up"]
 
-RUNTIMES = ("cpython", "micropython")  # as metal.host.sim_process.RUNTIMES
 ONLINE_WAIT_S = 10.0
 
 
@@ -132,7 +132,7 @@ async def _wait_online(run: BridgeRun, ids: list[str], timeout: float) -> None:
 def up(boards: int, port: int | None, state_dir: Path | None, runtime: str,
        log_level: str | None) -> None:
     """Start simulated boards and the bridge on 127.0.0.1: the whole stack, no setup."""
-    from metal.host.sim_process import SimError, SimProcess
+    from metal.host.sim_process import SimError, SimProcess  # noqa: PLC0415
 
     try:
         cfg = load_config(
@@ -150,7 +150,7 @@ def up(boards: int, port: int | None, state_dir: Path | None, runtime: str,
             for i in range(boards):
                 sims.append(SimProcess(runtime, sim_uid(i)).start())
         except SimError as e:
-            raise click.ClickException(f"cannot start the simulator: {e}") from None
+            raise CliError(f"cannot start the simulator: {e}") from None
         cfg = replace(cfg, devices=tuple(
             DeviceConfig(url=s.url, name=s.uid, simulated=True) for s in sims))
         try:

@@ -415,7 +415,8 @@ def test_rejected_replay_raises_same_error(store: Store) -> None:
         try:
             await online(s)
             await s.execute(CommandRequest("estop", "assert"), principal="t", idempotency_key=None)
-            await asyncio.sleep(0.1)
+            await until(lambda: s.snapshot.data["interlocks"][18]["state"] == "tripped", 3,
+                        "estop tripped")
             with pytest.raises(Refused) as e1:
                 await s.execute(rail("on", "p12v_main"), principal="t", idempotency_key="r")
             with pytest.raises(Refused) as e2:
@@ -469,7 +470,7 @@ def test_unplug_replug_same_boot_resends_without_double_execution(store: Store) 
                 s.execute(rail("on", "p12v_main"), principal="t", idempotency_key="u1"))
             await until(lambda: executed == [P.OP_RAIL_ON], 3, "the board executes")
             board.unplug()
-            await asyncio.sleep(0.7)  # > link_timeout_s: the host restarts the handshake
+            await asyncio.sleep(1.0)  # > link_timeout_s: the host restarts the handshake
             board.hold_tx = False
             board.replug()
             v = await task

@@ -25,7 +25,7 @@ from click.testing import CliRunner, Result
 from metal.host.cli import ops
 from metal.host.cli.client import ApiError, Client, error_from_body, resolve_url
 
-# -- the stub API -------------------------------------------------------------------------------
+# -- the stub API ------------------------------------------------------------------------------
 
 
 @dataclass
@@ -173,7 +173,7 @@ def run(cmd: click.Command, args: list[str], stub: Stub | None = None,
                               catch_exceptions=False)
 
 
-# -- fixtures: documents in the API's shapes ----------------------------------------------------
+# -- fixtures: documents in the API's shapes ---------------------------------------------------
 
 DEVICES = [
     {"id": "sim-0001", "board": "sim", "online": True, "firmware_version": "0.1.0",
@@ -216,7 +216,7 @@ def ev(i: int, typ: str = "hardware.rail_state", device: str = "sim-0001",
                                                              "value_name": "on"}}
 
 
-# -- status ---------------------------------------------------------------------------------------
+# -- status ------------------------------------------------------------------------------------
 
 
 def test_status_lists_devices(stub: Stub) -> None:
@@ -356,7 +356,7 @@ def test_error_body_shapes() -> None:
     assert (e.code, e.message) == ("error", "fallback")
 
 
-# -- power ------------------------------------------------------------------------------------------
+# -- power -------------------------------------------------------------------------------------
 
 
 def test_power_applied(stub: Stub) -> None:
@@ -438,7 +438,7 @@ def test_power_unexpected_answer(stub: Stub) -> None:
     assert r.stderr == "error: unexpected answer to power on: {'ok': True} (bad_response)\n"
 
 
-# -- events (stored) ----------------------------------------------------------------------------------
+# -- events (stored) ---------------------------------------------------------------------------
 
 
 def test_events_table(stub: Stub) -> None:
@@ -519,7 +519,7 @@ def test_type_matches(pattern: str | None, typ: Any, match: bool) -> None:
     assert ops.type_matches(pattern, typ) is match
 
 
-# -- events --follow (WebSocket) ---------------------------------------------------------------------
+# -- events --follow (WebSocket) ---------------------------------------------------------------
 
 
 def test_follow_resumes_after_the_last_event_and_ends_on_a_policy_close(stub: Stub) -> None:

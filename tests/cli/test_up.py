@@ -9,6 +9,7 @@ the port closed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -31,6 +32,8 @@ from metal.host.cli.up import sim_uid, up
 from metal.host.config import BridgeConfig, ConfigError, DeviceConfig
 
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("METAL_")}
+#: for CliRunner: unset every METAL_* variable of the environment running the tests
+NO_METAL_ENV: dict[str, str | None] = {k: None for k in os.environ if k.startswith("METAL_")}
 
 
 def test_sim_uids() -> None:
@@ -85,15 +88,15 @@ def test_bind_socket_port_in_use() -> None:
 
 
 def test_bridge_needs_a_device(tmp_path: Path) -> None:
-    r = CliRunner().invoke(bridge, ["--state-dir", str(tmp_path)], env={
-        k: None for k in os.environ if k.startswith("METAL_")})  # type: ignore[misc]
+    r = CliRunner().invoke(bridge, ["--state-dir", str(tmp_path)], env=NO_METAL_ENV)
     assert r.exit_code == 2
     assert r.stderr == ("error: no devices: give --device URL (repeatable), METAL_DEVICES, "
                         "or [[devices]] url = ... in the --config file\n")
 
 
 def test_bridge_refuses_a_public_address(tmp_path: Path) -> None:
-    r = CliRunner().invoke(bridge, ["--device", "loop://", "--host", "0.0.0.0"])
+    r = CliRunner().invoke(bridge, ["--device", "loop://", "--host", "0.0.0.0"],
+                           env=NO_METAL_ENV)
     assert r.exit_code == 2
     assert r.stderr == ("error: --host: refusing to bind '0.0.0.0': the API has no "
                         "authentication yet, so it binds loopback only (127.0.0.0/8, ::1 or "
@@ -103,21 +106,21 @@ def test_bridge_refuses_a_public_address(tmp_path: Path) -> None:
 def test_bridge_config_file_errors_name_file_and_line(tmp_path: Path) -> None:
     f = tmp_path / "metal.toml"
     f.write_text('[[devices]]\nurl = "loop://"\nspeed = 9600\n')
-    r = CliRunner().invoke(bridge, ["--config", str(f)])
+    r = CliRunner().invoke(bridge, ["--config", str(f)], env=NO_METAL_ENV)
     assert r.exit_code == 2
     assert r.stderr == (f"error: {f}:3: unknown key 'speed' in [[devices]] #1; known keys: "
                         "url, name, power_restore, baudrate\n")
 
 
 def test_bridge_bad_device_scheme() -> None:
-    r = CliRunner().invoke(bridge, ["--device", "http://example.com"])
+    r = CliRunner().invoke(bridge, ["--device", "http://example.com"], env=NO_METAL_ENV)
     assert r.exit_code == 2
     assert r.stderr.startswith("error: --device: 'http://example.com': unsupported URL "
                                "scheme 'http'")
 
 
 def test_up_refuses_a_bad_port() -> None:
-    r = CliRunner().invoke(up, ["--port", "70000"])
+    r = CliRunner().invoke(up, ["--port", "70000"], env=NO_METAL_ENV)
     assert r.exit_code == 2
     assert r.stderr == "error: --port: expected an integer 0..65535, got 70000\n"
 
@@ -197,10 +200,13 @@ def test_metal_up_end_to_end(tmp_path: Path) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
         env=CLEAN_ENV)
     out, err = _Lines(proc.stdout), _Lines(proc.stderr)
+    children: list[int] = []
     try:
         m = out.wait_for(r"^metal up: (http://127\.0\.0\.1:(\d+))$", 20)
         assert m is not None, f"no URL printed\nstdout:\n{out.text()}\nstderr:\n{err.text()}"
         url, port = m.group(1), int(m.group(2))
+        children = _children(proc.pid)  # the simulator, started before the URL is printed
+        assert children, "the simulator should be a child process of metal up"
 
         # the simulated board comes online within ~10 s
         deadline = time.monotonic() + 10
@@ -252,18 +258,20 @@ def test_metal_up_end_to_end(tmp_path: Path) -> None:
         assert r.stderr.startswith("error: no rail named 'no_such_rail'")
         assert r.stderr.endswith("(target_not_found)\n")
 
-        children = _children(proc.pid)
-        assert children, "the simulator should be a child process of metal up"
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=15) == 0, err.text()
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and any(_alive(p) for p in children):
+            time.sleep(0.05)
+        assert [p for p in children if _alive(p)] == [], "simulator left running"
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline and any(_alive(p) for p in children):
-        time.sleep(0.05)
-    assert [p for p in children if _alive(p)] == []
+        leftover = [p for p in children if _alive(p)]
+        for p in leftover:  # only after a failure: don't leave them running
+            with contextlib.suppress(OSError):
+                os.kill(p, signal.SIGKILL)
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
     assert "Traceback" not in err.text(), err.text()

@@ -142,55 +142,29 @@ class FakeHal(Hal):
 
 
 # -- running a check script under a MicroPython VM (CPython side only) ----------------------
-# Until tests/mpvm grows a shared harness, the driver tests stage the package like the board
-# does (/lib/metal/core/...) plus this module, and run a script under the unix port (64-bit)
-# or the WebAssembly port (32-bit, through tests/mpvm/wasm_driver.mjs). The imports live
-# inside the functions so that this module still imports under MicroPython.
-
-def _repo_root():
-    import os
-
-    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+# The driver tests stage the package like the board does (/lib/metal/core/...) plus this
+# module, and run a script with the shared harness (metal.host.mpvm) under the unix port
+# (64-bit) or the WebAssembly port (32-bit). The imports live inside the functions so that
+# this module still imports under MicroPython.
 
 def micropython_vms():
-    """The VMs available here: a subset of ("unix", "wasm")."""
-    import os
-    import shutil
+    """The VMs to run checks in: every VM that is here; under CI every VM, so a missing
+    one fails the test instead of skipping it."""
+    from metal.host import mpvm
 
-    root = _repo_root()
-    vms = []
-    if os.path.exists(os.path.join(root, ".venv", "bin", "micropython")):
-        vms.append("unix")
-    pkg = os.path.join(root, "node_modules", "@micropython", "micropython-webassembly-pyscript")
-    if shutil.which("node") and os.path.isdir(pkg):
-        vms.append("wasm")
-    return vms
+    return [vm for vm in mpvm.VMS if mpvm.in_ci() or mpvm.missing(vm) is None]
 
 
 def run_micropython(script, vm="unix", timeout=60):
     """Run ``script`` (source text) under MicroPython; return (exit status, stdout, stderr)."""
     import os
-    import subprocess
+    import shutil
     import tempfile
 
-    root = _repo_root()
+    from metal.host import mpvm
+
     with tempfile.TemporaryDirectory() as stage:
-        os.makedirs(os.path.join(stage, "metal"))
-        os.symlink(os.path.join(root, "core"), os.path.join(stage, "metal", "core"))
-        with open(os.path.abspath(__file__)) as f:
-            src = f.read()
-        with open(os.path.join(stage, "fake_hal.py"), "w") as f:
-            f.write(src)
-        path = os.path.join(stage, "check_script.py")
-        with open(path, "w") as f:
-            f.write(script)
-        if vm == "unix":
-            cmd = [os.path.join(root, ".venv", "bin", "micropython"), path]
-            env = dict(os.environ, MICROPYPATH=stage)
-        else:
-            driver = os.path.join(root, "tests", "mpvm", "wasm_driver.mjs")
-            cmd = ["node", driver, "--lib", stage, path]
-            env = None
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=stage)
-        return p.returncode, p.stdout, p.stderr
+        mpvm.stage_tree(stage, boards=())
+        shutil.copyfile(os.path.abspath(__file__), os.path.join(stage, "fake_hal.py"))
+        r = mpvm.run(vm, script, timeout, stage=stage)
+        return r.rc, r.stdout, r.stderr

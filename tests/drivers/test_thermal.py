@@ -509,13 +509,11 @@ print("RESULT", N, b - a, q.next_seq - 1, " ".join([str(x) for x in paths]))
 
 
 def _stage(tmp_path):
-    lib = tmp_path / "lib"
-    (lib / "metal").mkdir(parents=True)
-    os.symlink(os.path.join(REPO, "core"), str(lib / "metal" / "core"))
-    shutil.copy(os.path.join(HERE, "thermal_fake_hal.py"), str(lib / "thermal_fake_hal.py"))
-    script = tmp_path / "alloc_check.py"
-    script.write_text(ALLOC_SCRIPT)
-    return lib, script
+    import mpvm as harness
+
+    stage = harness.stage_tree(tmp_path / "stage", boards=())
+    shutil.copy(os.path.join(HERE, "thermal_fake_hal.py"), str(stage / "thermal_fake_hal.py"))
+    return stage
 
 
 def _check_result(stdout):
@@ -531,35 +529,8 @@ def _check_result(stdout):
     assert all(p > 0 for p in paths), paths
 
 
-def _micropython():
-    exe = os.path.join(REPO, ".venv", "bin", "micropython")
-    return exe if os.path.exists(exe) else shutil.which("micropython")
-
-
-@pytest.mark.micropython
-def test_thermal_tick_allocates_nothing_unix_port(tmp_path):
-    exe = _micropython()
-    if not exe:
-        pytest.skip("micropython unix port not installed")
-    lib, script = _stage(tmp_path)
-    env = dict(os.environ, MICROPYPATH=str(lib))
-    out = subprocess.run([exe, str(script)], env=env, capture_output=True, text=True,
-                         timeout=60, cwd=str(tmp_path))
-    assert out.returncode == 0, out.stderr
-    _check_result(out.stdout)
-
-
-@pytest.mark.micropython
-def test_thermal_tick_allocates_nothing_32bit_wasm(tmp_path):
-    # The 32-bit VM also turns any intermediate >= 2**30 into a heap long,
-    # so this run with extreme PID inputs proves the scaling, too.
-    node = shutil.which("node")
-    driver = os.path.join(REPO, "tests", "mpvm", "wasm_driver.mjs")
-    pkg = os.path.join(REPO, "node_modules", "@micropython", "micropython-webassembly-pyscript")
-    if not node or not os.path.exists(driver) or not os.path.isdir(pkg):
-        pytest.skip("WASM MicroPython VM not installed (npm ci)")
-    lib, script = _stage(tmp_path)
-    out = subprocess.run([node, driver, "--lib", str(lib), str(script)], capture_output=True,
-                         text=True, timeout=120, cwd=REPO)
-    assert out.returncode == 0, out.stderr
-    _check_result(out.stdout)
+def test_thermal_tick_allocates_nothing(mpvm, tmp_path):
+    # Runs in both VMs. The 32-bit one also turns any intermediate >= 2**30 into
+    # a heap long, so this run with extreme PID inputs proves the scaling, too.
+    r = mpvm.run(ALLOC_SCRIPT, timeout=180, stage=_stage(tmp_path)).check()
+    _check_result(r.stdout)

@@ -32,8 +32,6 @@ The µs tick clock wraps at 2**30 like a board's ``ticks_us`` (~17.9 min);
 ``start_us`` lets a test start just before the wrap.
 """
 
-from __future__ import annotations
-
 from collections import namedtuple
 
 import cbor2

@@ -73,7 +73,6 @@ from metal.core.proto import (
     R_OK,
     RAIL_FAULT,
     RAIL_OFF,
-    RAIL_ON,
 )
 from metal.core.signals import G_ESTOP
 
