@@ -214,7 +214,7 @@ def module_files(root: Path) -> list[Path]:
     """Every .py file under root (a package dir or a single module), sorted, no caches."""
     if root.is_file():
         return [root]
-    out = []
+    out: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d != "__pycache__" and not d.startswith("."))
         out.extend(Path(dirpath) / f for f in sorted(filenames) if f.endswith(".py"))
