@@ -138,7 +138,7 @@ def test_socket_roundtrip_disconnect_and_reconnect() -> None:
             srv.drop_client()
             await until(lambda: rec.count("close") == 1, 3, "close")
             assert "disconnected" in rec.events[1][1]
-            await until(lambda: rec.count("open") == 2, 3, "reopen")
+            await until(lambda: rec.count("open") == 2 and srv.conn is not None, 3, "reopen")
             assert t.stats.reconnects == 1 and t.stats.opens == 2 and t.stats.errors >= 1
             srv.send(b"again")
             await until(lambda: bytes(rec.data).endswith(b"again"), 2, "data after reconnect")
