@@ -197,11 +197,17 @@ class BoardLink:
             if d.next() != K_MAP:
                 bad = E_SCHEMA
             else:
+                seen = 0  # bit per key: a repeated key is refused, never "last one wins"
                 for _ in range(d.val):
                     if d.next() != K_UINT:
                         bad = E_SCHEMA
                         break
                     key = d.val
+                    if key < 8:
+                        if seen & (1 << key):
+                            bad = E_SCHEMA
+                            break
+                        seen |= 1 << key
                     k = d.next()
                     if k == K_UINT or k == K_NEG:
                         v = d.val

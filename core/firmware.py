@@ -79,6 +79,7 @@ from metal.core.proto import (
     R_UNKNOWN_OP,
     RF_NONE,
     RF_SHED,
+    SENSOR_OK,
     STF_HOST_LOST,
     STF_LOCKOUT,
     STF_LOOP_FAULT,
@@ -187,7 +188,7 @@ class Firmware:
 
         if il.overheat >= 0:
             thermal.overheat_start(il.overheat, now_ms)
-        elif thermal.overheat_running or thermal.overheat_expired:
+        elif (thermal.overheat_running or thermal.overheat_expired) and self._overheat_cooled():
             thermal.overheat_cancel()
             self.overheat_done = 0
 
@@ -274,6 +275,14 @@ class Firmware:
         if self.interlocks.blocks_power_on() or self.security.estop:
             return 1
         return 1 if self.thermal.overheat_expired else 0
+
+    def _overheat_cooled(self):
+        """The overheat rows released because the sensor that started the timer
+        reads valid and cool again. A sensor that went invalid (open, short, out
+        of range: a part past its maximum) also releases its row, but that is no
+        proof of cooling, so the timer keeps running (fail safe)."""
+        s = self.thermal.overheat_sensor
+        return s < 0 or self.sensors.state[s] == SENSOR_OK
 
     def status_flags(self):
         f = self.security.status_flags()

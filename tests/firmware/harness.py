@@ -34,8 +34,6 @@ The µs tick clock wraps at 2**30 like a board's ``ticks_us`` (~17.9 min);
 
 from collections import namedtuple
 
-import cbor2
-
 from metal.boards.sim.board import make_config
 from metal.boards.sim.hal import SimHal
 from metal.core.compat import ticks_diff
@@ -284,10 +282,6 @@ class SimBoard:
     def cmd(self, op, target=0, arg=0, arg2=0, max_ticks=100):
         """Send one command and run until its RESULT arrives; returns the code."""
         return self.wait_result(self.send_cmd(op, target, arg, arg2), max_ticks)
-
-    def raw_cbor(self, obj):
-        """CBOR bytes of ``obj`` without the host codec's subset checks."""
-        return cbor2.dumps(obj)
 
     # -- queries --------------------------------------------------------------------
     def events_of(self, kind, source=None):

@@ -253,6 +253,9 @@ MALFORMED_WITH_ID = {
     "trailing bytes": (lambda c: cmd_payload(c, OP_POWER_OFF) + b"\x00", E_CBOR),
     "text key": (lambda c: cbor2.dumps({0: c, 1: OP_POWER_OFF, "x": 1}), E_UNSUPPORTED),
     "too deep": (lambda c: cbor2.dumps({0: c, 1: OP_POWER_OFF, 5: [[[[1]]]]}), E_UNSUPPORTED),
+    # a repeated key must not mean "the last one wins": {0: id, 1: ZONE_AUTO, 1: POWER_OFF}
+    "repeated op key": (lambda c: b"\xa3" + b"".join(cbor2.dumps(x) for x in (
+        0, c, 1, OP_ZONE_AUTO, 1, OP_POWER_OFF)), E_SCHEMA),
 }
 
 

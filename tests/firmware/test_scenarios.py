@@ -183,8 +183,9 @@ def test_overheat_trips_after_its_delay_and_expiry_powers_down_in_reverse_order(
     bound = power_down_bound_ticks(b.config)
     b.run(bound + 5)
     assert_orderly_down(b, pd.tick, range(6), RF_SHED)
+    # the expiry tick asks for the power-down, the sequencer starts on the next
     first_down = min(t for t, _, _ in b.enables_since(pd.tick))
-    assert first_down - pd.tick <= 2
+    assert first_down == pd.tick + 1
     last_off = max(t for t, _, _ in b.enables_since(pd.tick))
     assert last_off - pd.tick <= bound
     assert fw.power.power_state == PWR_OFF
@@ -693,4 +694,28 @@ def test_power_on_right_after_a_software_estop_is_refused():
     assert b.results[c1][0].rx_tick == b.results[c2][0].rx_tick  # really one batch
     b.run(20)
     assert [lvl for _, _, lvl in b.enables_since(t0)] == []
+    assert b.fw.power.power_state == PWR_OFF
+
+
+def test_overheat_timer_keeps_running_when_its_sensor_goes_invalid():
+    """A sensor that dies (or reads past its maximum) while overheating releases
+    its critical row — an invalid reading compares as no temperature — but that
+    is no proof of cooling: the timer must run on and power the board down."""
+    b = settled_board()
+    lim = b.config.limits
+    b.plant.inject(FAULT_SENSOR_STUCK, CPU0_DIE, 100000)
+    b.run(CRIT_DELAY_TICKS + 1)
+    [start] = b.events_of(EV_OVERHEAT_START)
+    b.run(100)
+    # the stuck part now reads as an open circuit: no valid temperature at all
+    b.plant.inject(FAULT_CLEAR, CPU0_DIE, FAULT_SENSOR_STUCK)
+    assert b.plant.inject(FAULT_SENSOR_OPEN, CPU0_DIE, 0) == R_OK
+    b.run(b.config.limits.stale_ticks + 5)
+    assert b.fw.interlocks.tripped == 0  # the row released: its signal is invalid
+    assert b.events_of(EV_OVERHEAT_CANCEL) == []
+    assert b.fw.thermal.overheat_running
+    expiry = start.tick + lim.overheat_timer_ms // TICK_MS
+    b.run(expiry - b.tick + power_down_bound_ticks(b.config) + 5)
+    [pd] = b.events_of(EV_OVERHEAT_POWER_DOWN)
+    assert pd.tick == expiry
     assert b.fw.power.power_state == PWR_OFF

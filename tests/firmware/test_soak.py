@@ -28,11 +28,13 @@ The run also has to *cover* the dangerous cases (rails on when a critical
 interlock trips, an overheat expiry with rails on...), so the invariant is
 not vacuously true.
 
-Duration: CPython runs ~4,000-5,000 ticks/s here (about 80 s for the full
-hour of 360,000 ticks on the 2-core test machine, more than the ~60 s budget),
-so the default suite runs 10 simulated minutes (60,000 ticks, ~15 s) and the
-full hour is marked ``slow`` (``pytest --run-slow``). The µs tick clock starts
-30 s before its 2**30 wrap, so every run crosses it at least once.
+Duration, measured on CPython on the shared 2-core test machine: the bare
+firmware + harness takes 212-292 µs per tick (76-105 s for the hour of
+360,000 ticks), 285-500 µs with the monitor and the chaos (100-190 s per
+hour), more than the ~60 s budget. So the default suite runs 10 simulated
+minutes (60,000 ticks, 17-35 s) and the full hour, with two seeds, is marked
+``slow`` (``pytest --run-slow``). The µs tick clock starts 30 s before its
+2**30 wrap, so every run crosses it at least once (the hour, three times).
 """
 
 import random
@@ -372,6 +374,7 @@ def test_soak_ten_minutes():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 @pytest.mark.parametrize("seed", [1, 2])
 def test_soak_one_hour(seed):
     """The full hour (360,000 ticks) per seed; ``--run-slow``."""
