@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 .PHONY: run test install bench clean
 
 # Python side: the package (editable) and everything the tests use.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
