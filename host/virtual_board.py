@@ -42,7 +42,7 @@ While main.py runs, the host's bytes go to the firmware's stdin, except the
 maintenance break-in: 0x0D 0x03 at a frame boundary (after a 0x00, after
 20 ms of silence, or first bytes after boot) -- what mpremote sends first and
 what a valid frame can never start with (its second byte is 0x1T). That is
-the rule the real boards' HAL applies (boards/rp2040/hal.py); a plain
+the rule the real boards' HAL applies (boards/common/machine_hal.py); a plain
 MicroPython board would stop at any 0x03 byte.
 
 Limits (deliberate): exec'd code cannot read stdin (``input()`` and ``mpremote
@@ -252,7 +252,7 @@ def find_micropython() -> str | None:
 
 
 class _BreakIn:
-    """The break-in detector (same rule as boards/rp2040/hal.py StreamLink.read)."""
+    """The break-in detector (same rule as boards/common/machine_hal.py StreamLink.read)."""
 
     def __init__(self) -> None:
         self.reset()

@@ -7,7 +7,8 @@
 #   PORT    what mpremote connects to: /dev/ttyACM0, /dev/ttyUSB0, /dev/pts/7, ...
 #
 # Steps (docs/flashing.md has the why of each):
-#   1. compile core/, boards/__init__.py and boards/BOARD/ with mpy-cross into
+#   1. compile core/, boards/__init__.py, boards/BOARD/ and the shared boards/
+#      packages it imports (boards/common for rp2040 and esp32) with mpy-cross into
 #      build/flash/BOARD/lib/metal/... (-march: rp2040 armv6m, esp32 xtensawin,
 #      sim and unknown boards plain bytecode); write build/flash/BOARD/main.py
 #   2. one mpremote session (no soft reset, so a board in maintenance stays up):
@@ -99,11 +100,34 @@ rm -rf "$STAGE"
 mkdir -p "$STAGE/lib/metal"
 
 # -- sources ------------------------------------------------------------------------
+# Shared board code: every other package (or module) under boards/ that the board's
+# modules import as metal.boards.NAME (boards/common for rp2040 and esp32), and what
+# those import in turn. The sim imports none.
+shared=()
+queue=("boards/$BOARD")
+while [ "${#queue[@]}" -gt 0 ]; do
+    dir=${queue[0]}
+    queue=("${queue[@]:1}")
+    while IFS= read -r name; do
+        [ "$name" != "$BOARD" ] || continue
+        case " ${shared[*]-} " in *" boards/$name "* | *" boards/$name.py "*) continue ;; esac
+        if [ -d "$SRC/boards/$name" ]; then
+            shared+=("boards/$name")
+        elif [ -f "$SRC/boards/$name.py" ]; then
+            shared+=("boards/$name.py")
+        else
+            continue
+        fi
+        queue+=("${shared[${#shared[@]}-1]}")
+    done < <(grep -rhoE --include='*.py' '^[[:space:]]*(from|import)[[:space:]]+metal\.boards\.[A-Za-z0-9_]+' "$SRC/$dir" |
+        sed -E 's/.*metal\.boards\.//' | LC_ALL=C sort -u)
+done
+
 sources=()
 while IFS= read -r f; do
     sources+=("$f")
 done < <(cd "$SRC" && {
-    find core "boards/$BOARD" -name '*.py' -not -path '*/__pycache__/*'
+    find core "boards/$BOARD" ${shared[@]+"${shared[@]}"} -name '*.py' -not -path '*/__pycache__/*'
     [ -f boards/__init__.py ] && echo boards/__init__.py
 } | LC_ALL=C sort)
 [ "${#sources[@]}" -gt 0 ] || die 4 "no sources found under $SRC/core"

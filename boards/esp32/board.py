@@ -44,26 +44,30 @@ open thermistor (below about -14 °C: failsafe, the safe side).
 Not fitted, honestly reported: rail voltage/current monitors (READ_ERROR,
 telemetry shows 0, no overcurrent configured).
 
-Interlocks as on the sim board: <sensor>_crit (ACT_OVERHEAT), <fan>_fault
-(ACT_FANS_MAX after 3 s), <rail>_fault (latched ACT_POWER_DOWN), estop
-(latched ACT_LOCKOUT).
+Interlocks as on the Pico (core/interlocks/defaults.py): <sensor>_crit
+(ACT_OVERHEAT), <fan>_fault (fan state not OK for 3 s: ACT_FANS_MAX),
+<rail>_fault (latched ACT_POWER_DOWN), estop (latched ACT_LOCKOUT).
 """
 
+# RESET_* (EV_BOOT reset causes, board-neutral), DigitalPin and used_gpios are shared
+# by the real boards and stay importable from here.
+from metal.boards.common.board import (
+    RESET_COMMANDED,
+    RESET_EXTERNAL,
+    RESET_OTHER,
+    RESET_POWER_ON,
+    RESET_WAKE,
+    RESET_WATCHDOG,
+    DigitalPin,
+    board_config,
+    used_gpios,
+)
 from metal.core.config import (
-    ACT_FANS_MAX,
-    ACT_LOCKOUT,
-    ACT_OVERHEAT,
     ACT_POWER_DOWN,
-    BoardConfig,
-    CMP_GE,
-    CMP_NE,
     DIR_IN,
     DIR_OUT,
     Fan,
-    GpioLine,
-    Interlock,
     Limits,
-    PULL_NONE,
     PULL_UP,
     Rail,
     SAFE_HOLD,
@@ -74,19 +78,9 @@ from metal.core.config import (
     SENSOR_TMP117,
     Zone,
 )
-from metal.core.proto import FAN_OK
-from metal.core.signals import G_ESTOP, SIG_FAN_STATE, SIG_GLOBAL, SIG_RAIL_FAULT, SIG_TEMP
 
 NAME = "esp32"
 FW_VERSION = "0.1.0"
-
-# EV_BOOT value (reset cause), board-neutral; the same codes as boards/rp2040.
-RESET_POWER_ON = 0
-RESET_COMMANDED = 1  # the firmware rebooted itself (REBOOT command)
-RESET_WATCHDOG = 2
-RESET_EXTERNAL = 3  # reset from outside the firmware: EN button, machine.reset() at the REPL
-RESET_WAKE = 4  # wake from deep sleep
-RESET_OTHER = 5
 
 # zones
 Z_CPU = 0
@@ -110,26 +104,6 @@ ADC_SATURATED_UV = 2900000  # top of the trustworthy 11 dB range
 
 TICK_US = 10000
 FAN_SPINUP_MS = 2000
-FAN_FAULT_DELAY_TICKS = 300  # 3 s: longer than a spin-up
-CRIT_HYSTERESIS_MC = 3000
-CRIT_DELAY_TICKS = 3
-
-
-class DigitalPin:
-    """One digital channel: its GPIO and how the HAL sets it up.
-
-    ``invert``: the HAL reports (and drives) the opposite of the pin level, so
-    every channel is active-high above the HAL. ``initial`` is the level an
-    output is driven to when the HAL creates it (before the drivers run).
-    """
-
-    def __init__(self, name, gpio, direction, pull=PULL_NONE, invert=False, initial=0):
-        self.name = name
-        self.gpio = gpio
-        self.direction = direction
-        self.pull = pull
-        self.invert = invert
-        self.initial = initial
 
 
 class PinMap:
@@ -168,17 +142,6 @@ PINS = PinMap()
 # Pins the ESP32 cannot drive or pull (input-only) and pins it must not use.
 INPUT_ONLY_GPIOS = (34, 35, 36, 37, 38, 39)
 FLASH_GPIOS = (6, 7, 8, 9, 10, 11)
-
-
-def used_gpios(pins):
-    """Every GPIO number ``pins`` claims, in a list (start-up and tests only)."""
-    out = list(pins.adc) + [pins.i2c_sda, pins.i2c_scl] + list(pins.pwm) + list(pins.tach)
-    out += list(pins.rail_en) + list(pins.rail_pg)
-    for d in pins.digital:
-        out.append(d.gpio)
-    if pins.uart is not None:
-        out += [pins.uart[1], pins.uart[2]]
-    return out
 
 
 def adc_uv_to_raw(uv):
@@ -226,36 +189,10 @@ def _rails():
     )
 
 
-def _gpio(pins):
-    lines = []
-    for ch in range(N_GPIO):
-        d = pins.digital[ch]
-        lines.append(GpioLine(d.name, ch, d.direction, pull=d.pull, initial=d.initial))
-    return tuple(lines)
-
-
 def _security():
     return Security(tamper_ch=CH_TAMPER, lock_ch=CH_LOCK, lock_sense_ch=CH_LOCK_SENSE,
                     door_ch=CH_DOOR, estop_ch=CH_ESTOP, tamper_action=ACT_POWER_DOWN,
                     lock_timeout_ms=500, debounce_ticks=3)
-
-
-def _interlocks(sensors, fans, rails):
-    rows = []
-    for i in range(len(sensors)):
-        s = sensors[i]
-        rows.append(Interlock(s.name + "_crit", (SIG_TEMP, i), CMP_GE, s.crit_mc,
-                              hysteresis=CRIT_HYSTERESIS_MC, delay_ticks=CRIT_DELAY_TICKS,
-                              action=ACT_OVERHEAT))
-    for i in range(len(fans)):
-        rows.append(Interlock(fans[i].name + "_fault", (SIG_FAN_STATE, i), CMP_NE, FAN_OK,
-                              delay_ticks=FAN_FAULT_DELAY_TICKS, action=ACT_FANS_MAX))
-    for i in range(len(rails)):
-        rows.append(Interlock(rails[i].name + "_fault", (SIG_RAIL_FAULT, i), CMP_GE, 1,
-                              latch=True, action=ACT_POWER_DOWN))
-    rows.append(Interlock("estop", (SIG_GLOBAL, G_ESTOP), CMP_GE, 1, latch=True,
-                          action=ACT_LOCKOUT))
-    return tuple(rows)
 
 
 def _limits():
@@ -269,20 +206,6 @@ def _limits():
 
 def make_config(pins=None):
     """A fresh BoardConfig for this board (the GPIO lines come from ``pins``)."""
-    if pins is None:
-        pins = PINS
-    sensors = _sensors()
-    fans = _fans()
-    rails = _rails()
-    return BoardConfig(
-        NAME,
-        FW_VERSION,
-        rails=rails,
-        sensors=sensors,
-        fans=fans,
-        zones=_zones(),
-        gpio=_gpio(pins),
-        security=_security(),
-        interlocks=_interlocks(sensors, fans, rails),
-        limits=_limits(),
-    )
+    return board_config(NAME, FW_VERSION, PINS if pins is None else pins, N_GPIO,
+                        zones=_zones(), sensors=_sensors(), fans=_fans(), rails=_rails(),
+                        security=_security(), limits=_limits())

@@ -1,140 +1,32 @@
-"""The ESP32 DevKit's firmware entry: build the HAL and the config, run the loop.
+"""The ESP32 DevKit's firmware entry: the shared boot sequence on Esp32Hal.
 
 The board's ``/main.py`` (written by scripts/flash.sh) is::
 
     from metal.boards.esp32.main import main
     main([])
 
-Boot and exit paths::
-
-    reset --> BOOT button (GPIO0) held low? --> safe boot: return to the REPL,
-          |                                     nothing configured, no watchdog
-          --> Esp32Hal(PINS): rails off, fans full, pins and IRQs set up
-          --> Firmware(config, hal, boot_id, uid, reset_cause)
-          --> Ctrl-C off (UART0 link: 0x03 is data), watchdog armed
-          --> loop.run_forever()
-                |
-                |-- BreakIn (host sent "\\r\\x03" at a frame boundary) or
-                |   KeyboardInterrupt (Ctrl-C on the REPL while the host
-                |   link is another UART)
-                |     --> maintenance: Ctrl-C back on, fans full, a timer
-                |         feeds the watchdog; return to the REPL (mpremote's
-                |         "\\r\\x01" that follows opens the raw REPL)
-                |
-                +-- any other exception
-                      --> traceback on the console, fans full, machine.reset()
-
-Rails in maintenance keep the state they had: flashing the controller of a
-running machine should not power it off. Nothing supervises them until the
-next reset, so ``flash.sh`` ends with one.
-
-Reset cause (EV_BOOT value, board.RESET_*): ``machine.reset_cause()`` mapped
-to board-neutral codes. The ESP32 reports every ``machine.reset()`` alike
-(a software reset), so whoever resets on purpose first writes the cause into
-the marker file ``/metal-reboot``: the HAL's ``reboot()`` (REBOOT command,
-RESET_COMMANDED) and scripts/flash.sh (RESET_EXTERNAL); main.py reads and
-removes it at boot.
+common/board_main.py has the boot and exit paths and the reset-cause rules.
+What the ESP32 adds: a safe boot -- the BOOT button (GPIO0) held low when
+main.py starts returns to the REPL with nothing configured and no watchdog.
+The host link is UART0 (Ctrl-C is turned off while the loop runs, "\\r\\x03"
+breaks in). The ESP32 reports every ``machine.reset()`` alike (a software
+reset): the /metal-reboot marker tells the deliberate ones apart.
 """
 
-import binascii
-import os
-import sys
-
 import machine
-import micropython
 
-from metal.boards.esp32.board import (
-    PINS,
-    RESET_COMMANDED,
-    RESET_EXTERNAL,
-    RESET_OTHER,
-    RESET_POWER_ON,
-    RESET_WAKE,
-    RESET_WATCHDOG,
-    SAFE_BOOT_GPIO,
-    make_config,
-)
-from metal.boards.esp32.hal import REBOOT_MARKER, BreakIn, Esp32Hal
-from metal.core.firmware import Firmware
+from metal.boards.common.board_main import run
+from metal.boards.esp32.board import PINS, SAFE_BOOT_GPIO, make_config
+from metal.boards.esp32.hal import Esp32Hal
 
 
-def take_marker(path):
-    """The reset cause a marker file holds (then removed), or -1 without one."""
-    try:
-        with open(path) as f:
-            text = f.read()
-        os.remove(path)
-    except OSError:
-        return -1
-    try:
-        return int(text)
-    except ValueError:
-        return RESET_OTHER
-
-
-def reset_cause():
-    """EV_BOOT value for this boot (board.RESET_*)."""
-    marked = take_marker(REBOOT_MARKER)
-    if marked >= 0:
-        return marked
-    c = machine.reset_cause()
-    for name, code in (("PWRON_RESET", RESET_POWER_ON), ("WDT_RESET", RESET_WATCHDOG),
-                       ("HARD_RESET", RESET_EXTERNAL), ("SOFT_RESET", RESET_EXTERNAL),
-                       ("DEEPSLEEP_RESET", RESET_WAKE)):
-        if c == getattr(machine, name, None):
-            return code
-    return RESET_OTHER
-
-
-def fold30(data, acc=0):
-    """Fold bytes into a 30-bit int without ever leaving the small-int range."""
-    for b in data:
-        acc = (((acc & 0x3FFFFF) << 8) | b) ^ (acc >> 22)
-    return acc & 0x3FFFFFFF
-
-
-def boot_id():
-    """Random per boot (os.urandom), mixed with the chip id so two boards with
-    a weak entropy source still differ."""
-    return fold30(os.urandom(8), fold30(machine.unique_id()))
-
-
-def uid():
-    return binascii.hexlify(machine.unique_id()).decode()
-
-
-def safe_boot_requested():
-    """The BOOT button held at start-up (press it right after releasing EN)."""
-    return machine.Pin(SAFE_BOOT_GPIO, machine.Pin.IN, machine.Pin.PULL_UP).value() == 0
+def safe_boot():
+    """Why to skip the firmware: the BOOT button held at start-up (press it
+    right after releasing EN); None to boot it."""
+    if machine.Pin(SAFE_BOOT_GPIO, machine.Pin.IN, machine.Pin.PULL_UP).value() == 0:
+        return "BOOT button held"
+    return None
 
 
 def main(argv=None):
-    micropython.alloc_emergency_exception_buf(128)
-    if safe_boot_requested():
-        sys.stdout.write("metal: safe boot (BOOT button held): firmware not started\r\n")
-        return 0
-    pins = PINS
-    hal = Esp32Hal(pins)
-    try:
-        fw = Firmware(make_config(pins), hal, boot_id(), uid(), reset_cause=reset_cause())
-    except Exception:
-        hal.fail_safe()
-        raise  # to the REPL: nothing runs, the watchdog is not armed
-    stdio = pins.uart is None
-    if stdio:
-        micropython.kbd_intr(-1)
-    hal.start_watchdog()
-    try:
-        fw.loop.run_forever()
-    except (BreakIn, KeyboardInterrupt):
-        micropython.kbd_intr(3)
-        hal.enter_maintenance()
-        sys.stdout.write("\r\nmetal: firmware stopped for maintenance (fans full, rails held); "
-                         "reset to restart it\r\n")
-        return 0
-    except Exception as e:
-        micropython.kbd_intr(3)
-        hal.fail_safe()
-        sys.print_exception(e)
-        machine.reset()
-    return 1
+    return run(Esp32Hal, PINS, make_config, safe_boot=safe_boot)

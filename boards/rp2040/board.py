@@ -44,26 +44,32 @@ no overcurrent is configured -- power-good alone protects the rails).
 Channel namespaces (as in boards/sim): adc, i2c, pwm/tach (fan n uses pwm ch
 n and tach ch n), rail (rail n), digital (GPIO lines first, then security).
 
-Interlocks, in table order: <sensor>_crit (ACT_OVERHEAT), <fan>_fault
-(ACT_FANS_MAX after 3 s), <rail>_fault (latched ACT_POWER_DOWN), estop
-(latched ACT_LOCKOUT) -- the same policy as the sim board.
+Interlocks: the standard set of core/interlocks/defaults.py with the real
+boards' policy (common/board.py ``board_config``), in table order
+<sensor>_crit (ACT_OVERHEAT), <fan>_fault (fan state not OK for 3 s:
+ACT_FANS_MAX), <rail>_fault (latched ACT_POWER_DOWN), estop (latched
+ACT_LOCKOUT). The sim board watches its fans' stalled flag instead.
 """
 
+# RESET_* (EV_BOOT reset causes, board-neutral), DigitalPin and used_gpios are shared
+# by the real boards and stay importable from here.
+from metal.boards.common.board import (
+    RESET_COMMANDED,
+    RESET_EXTERNAL,
+    RESET_OTHER,
+    RESET_POWER_ON,
+    RESET_WAKE,
+    RESET_WATCHDOG,
+    DigitalPin,
+    board_config,
+    used_gpios,
+)
 from metal.core.config import (
-    ACT_FANS_MAX,
-    ACT_LOCKOUT,
-    ACT_OVERHEAT,
     ACT_POWER_DOWN,
-    BoardConfig,
-    CMP_GE,
-    CMP_NE,
     DIR_IN,
     DIR_OUT,
     Fan,
-    GpioLine,
-    Interlock,
     Limits,
-    PULL_NONE,
     PULL_UP,
     Rail,
     SAFE_HOLD,
@@ -73,19 +79,9 @@ from metal.core.config import (
     SENSOR_TMP117,
     Zone,
 )
-from metal.core.proto import FAN_OK
-from metal.core.signals import G_ESTOP, SIG_FAN_STATE, SIG_GLOBAL, SIG_RAIL_FAULT, SIG_TEMP
 
 NAME = "rp2040"
 FW_VERSION = "0.1.0"
-
-# EV_BOOT value (reset cause), board-neutral; 0 and 1 mean what they mean on the sim.
-RESET_POWER_ON = 0
-RESET_COMMANDED = 1  # the firmware rebooted itself (REBOOT command)
-RESET_WATCHDOG = 2
-RESET_EXTERNAL = 3  # reset from outside the firmware: RUN pin, machine.reset() at the REPL
-RESET_WAKE = 4  # wake from deep sleep
-RESET_OTHER = 5
 
 # zones
 Z_CPU = 0
@@ -104,26 +100,6 @@ CH_ESTOP = 7
 
 TICK_US = 10000
 FAN_SPINUP_MS = 2000
-FAN_FAULT_DELAY_TICKS = 300  # 3 s: longer than a spin-up
-CRIT_HYSTERESIS_MC = 3000
-CRIT_DELAY_TICKS = 3
-
-
-class DigitalPin:
-    """One digital channel: its GPIO and how the HAL sets it up.
-
-    ``invert``: the HAL reports (and drives) the opposite of the pin level, so
-    every channel is active-high above the HAL. ``initial`` is the level an
-    output is driven to when the HAL creates it (before the drivers run).
-    """
-
-    def __init__(self, name, gpio, direction, pull=PULL_NONE, invert=False, initial=0):
-        self.name = name
-        self.gpio = gpio
-        self.direction = direction
-        self.pull = pull
-        self.invert = invert
-        self.initial = initial
 
 
 class PinMap:
@@ -161,17 +137,6 @@ class PinMap:
 PINS = PinMap()
 
 
-def used_gpios(pins):
-    """Every GPIO number ``pins`` claims, in a list (start-up and tests only)."""
-    out = list(pins.adc) + [pins.i2c_sda, pins.i2c_scl] + list(pins.pwm) + list(pins.tach)
-    out += list(pins.rail_en) + list(pins.rail_pg)
-    for d in pins.digital:
-        out.append(d.gpio)
-    if pins.uart is not None:
-        out += [pins.uart[1], pins.uart[2]]
-    return out
-
-
 def _zones():
     return (
         Zone("cpu", setpoint_mc=60000),
@@ -207,36 +172,10 @@ def _rails():
     )
 
 
-def _gpio(pins):
-    lines = []
-    for ch in range(N_GPIO):
-        d = pins.digital[ch]
-        lines.append(GpioLine(d.name, ch, d.direction, pull=d.pull, initial=d.initial))
-    return tuple(lines)
-
-
 def _security():
     return Security(tamper_ch=CH_TAMPER, lock_ch=CH_LOCK, lock_sense_ch=CH_LOCK_SENSE,
                     door_ch=CH_DOOR, estop_ch=CH_ESTOP, tamper_action=ACT_POWER_DOWN,
                     lock_timeout_ms=500, debounce_ticks=3)
-
-
-def _interlocks(sensors, fans, rails):
-    rows = []
-    for i in range(len(sensors)):
-        s = sensors[i]
-        rows.append(Interlock(s.name + "_crit", (SIG_TEMP, i), CMP_GE, s.crit_mc,
-                              hysteresis=CRIT_HYSTERESIS_MC, delay_ticks=CRIT_DELAY_TICKS,
-                              action=ACT_OVERHEAT))
-    for i in range(len(fans)):
-        rows.append(Interlock(fans[i].name + "_fault", (SIG_FAN_STATE, i), CMP_NE, FAN_OK,
-                              delay_ticks=FAN_FAULT_DELAY_TICKS, action=ACT_FANS_MAX))
-    for i in range(len(rails)):
-        rows.append(Interlock(rails[i].name + "_fault", (SIG_RAIL_FAULT, i), CMP_GE, 1,
-                              latch=True, action=ACT_POWER_DOWN))
-    rows.append(Interlock("estop", (SIG_GLOBAL, G_ESTOP), CMP_GE, 1, latch=True,
-                          action=ACT_LOCKOUT))
-    return tuple(rows)
 
 
 def _limits():
@@ -249,20 +188,6 @@ def _limits():
 
 def make_config(pins=None):
     """A fresh BoardConfig for this board (the GPIO lines come from ``pins``)."""
-    if pins is None:
-        pins = PINS
-    sensors = _sensors()
-    fans = _fans()
-    rails = _rails()
-    return BoardConfig(
-        NAME,
-        FW_VERSION,
-        rails=rails,
-        sensors=sensors,
-        fans=fans,
-        zones=_zones(),
-        gpio=_gpio(pins),
-        security=_security(),
-        interlocks=_interlocks(sensors, fans, rails),
-        limits=_limits(),
-    )
+    return board_config(NAME, FW_VERSION, PINS if pins is None else pins, N_GPIO,
+                        zones=_zones(), sensors=_sensors(), fans=_fans(), rails=_rails(),
+                        security=_security(), limits=_limits())

@@ -32,7 +32,7 @@ Power tree (parent -> child; a child only comes up while its parent is good)::
     p12v_main ─┬─ p5v ── p3v3 ── p1v8 ── p1v0_core
                └─ p12v_fans
 
-Default interlock set, in table order (row index = position)::
+Default interlock set (core/interlocks/defaults.py), in table order (row index = position)::
 
     0..7    <sensor>_crit    SIG_TEMP >= crit, hyst 3 °C, 3 ticks, ACT_OVERHEAT
     8..11   <fan>_stall      SIG_FAN_STALLED >= 1,                  ACT_FANS_MAX
@@ -48,17 +48,12 @@ as the fan turns again.
 """
 
 from metal.core.config import (
-    ACT_FANS_MAX,
-    ACT_LOCKOUT,
-    ACT_OVERHEAT,
     ACT_POWER_DOWN,
     BoardConfig,
-    CMP_GE,
     DIR_IN,
     DIR_OUT,
     Fan,
     GpioLine,
-    Interlock,
     Limits,
     PULL_DOWN,
     PULL_NONE,
@@ -72,7 +67,7 @@ from metal.core.config import (
     SENSOR_TMP117,
     Zone,
 )
-from metal.core.signals import G_ESTOP, SIG_FAN_STALLED, SIG_GLOBAL, SIG_RAIL_FAULT, SIG_TEMP
+from metal.core.interlocks.defaults import FAN_WATCH_STALLED, default_interlocks
 
 # zones
 Z_CPU = 0
@@ -173,24 +168,6 @@ def _security():
                     lock_timeout_ms=500, debounce_ticks=3)
 
 
-def _interlocks(sensors, fans, rails):
-    rows = []
-    for i in range(len(sensors)):
-        s = sensors[i]
-        rows.append(Interlock(s.name + "_crit", (SIG_TEMP, i), CMP_GE, s.crit_mc,
-                              hysteresis=CRIT_HYSTERESIS_MC, delay_ticks=CRIT_DELAY_TICKS,
-                              latch=False, action=ACT_OVERHEAT))
-    for i in range(len(fans)):
-        rows.append(Interlock(fans[i].name + "_stall", (SIG_FAN_STALLED, i), CMP_GE, 1,
-                              latch=False, action=ACT_FANS_MAX))
-    for i in range(len(rails)):
-        rows.append(Interlock(rails[i].name + "_fault", (SIG_RAIL_FAULT, i), CMP_GE, 1,
-                              latch=True, action=ACT_POWER_DOWN))
-    rows.append(Interlock("estop", (SIG_GLOBAL, G_ESTOP), CMP_GE, 1, latch=True,
-                          action=ACT_LOCKOUT))
-    return tuple(rows)
-
-
 def _limits():
     return Limits(tick_us=TICK_US, heartbeat_timeout_ms=2000, stale_ticks=5,
                   overheat_timer_ms=60000, telemetry_every=10, host_lost_action=SAFE_HOLD)
@@ -210,7 +187,8 @@ def make_config():
         zones=_zones(),
         gpio=_gpio(),
         security=_security(),
-        interlocks=_interlocks(sensors, fans, rails),
+        interlocks=default_interlocks(sensors, fans, rails, CRIT_HYSTERESIS_MC,
+                                      CRIT_DELAY_TICKS, fan_watch=FAN_WATCH_STALLED),
         limits=_limits(),
     )
 

@@ -982,13 +982,14 @@ class DeviceSession:
             result["value"] = payload[P.RES_VALUE]
         state = "applied" if code == P.R_OK else "rejected"
         p = self._pending.get(cid)
+        orphan = next((r for r in self._orphans.rows if r.command_id == cid), None)
         try:
             await asyncio.to_thread(self.store.update_command, self.device_id, cid, state,
                                     result=result)
         except (store_mod.UnknownCommand, store_mod.InvalidTransition) as exc:
             log.info("%s: late or unknown RESULT for command %d (%s): %s", self.device_id, cid,
                      name, exc)
-            p = None
+            p = orphan = None
         except Exception:
             log.exception("%s: could not store the RESULT of command %d; restarting the "
                           "session", self.device_id, cid)
@@ -998,6 +999,8 @@ class DeviceSession:
         self._orphans.rows = [r for r in self._orphans.rows if r.command_id != cid]
         self.commands_total[name] = self.commands_total.get(name, 0) + 1
         if p is None:
+            if orphan is not None and code == P.R_OK:
+                self._spawn(self._orphan_applied(orphan))
             return
         self._pending.pop(cid, None)
         verdict = CommandVerdict(cid, "applied" if code == P.R_OK else "rejected",
@@ -1034,6 +1037,30 @@ class DeviceSession:
         finally:
             if not p.future.done():
                 p.future.set_result((verdict, code))
+
+    async def _orphan_applied(self, row: CommandRow) -> None:
+        """A command sent by a previous bridge run was applied (its RESULT came late):
+        record its desired state, as :meth:`_complete` does for a command of this run --
+        unless a newer desired write for the same key already happened."""
+        req = row.request
+        lay = self.layout
+        if lay is None or not isinstance(req.get("kind"), str) or not isinstance(
+                req.get("action"), str):
+            return
+        try:
+            cmd = translate(CommandRequest(req["kind"], req["action"], req.get("target"),
+                                           req.get("value"), dict(req.get("extra") or {})),
+                            lay, simulated=self.simulated)
+        except BridgeError:
+            return  # e.g. the bridge's own power-restore commands (kind "resync")
+        for key, value in cmd.desired:
+            entry = self.state.desired.entry(key)
+            if entry is not None and entry.updated_at > row.created_at:
+                continue
+            try:
+                await self.state.set_desired(key, value, f"api:{row.principal}")
+            except ValueError as exc:
+                log.warning("%s: desired %s: %s", self.device_id, key, exc)
 
     async def _fail_command(self, p: _Pending, state: str, err: BridgeError) -> None:
         with contextlib.suppress(store_mod.InvalidTransition, store_mod.UnknownCommand):

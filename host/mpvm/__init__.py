@@ -202,6 +202,10 @@ BOARD_TARGETS = {
     "rp2040": BoardTarget(march="armv6m", stubs="rp2"),
     "rp2350": BoardTarget(march="armv7emsp", stubs="rp2"),
     "esp32": BoardTarget(march="xtensawin", stubs="esp32"),
+    # boards/common: code shared by rp2040 and esp32 (not a board; no main.py). It runs on
+    # both, so it stays bytecode (march None: native/viper code fails test_mpy_cross) and is
+    # type-checked against the rp2 stubs (the esp32 check only follows it, errors silenced).
+    "common": BoardTarget(march=None, stubs="rp2"),
 }
 CORE_MARCH = "armv6m"  # the smallest target; core is bytecode only
 

@@ -132,6 +132,7 @@ class UART(io.IOBase):
     def __init__(self, id, baudrate=115200, tx=None, rx=None, txbuf=256, rxbuf=256):
         self.id = id
         self.baudrate = baudrate
+        self.pins = (tx, rx)  # as the HAL passed them: GPIO numbers or Pin objects
         self.rx = bytearray(256)
         self.rx_len = 0
         self.rx_pos = 0

@@ -1,7 +1,9 @@
-"""Run a real board's HAL (boards/<board>/hal.py) under the MicroPython VMs, on the fake
-``machine`` of tests/boards/fake_machine.py, and check what it does to the pins.
+"""Run a real board's HAL (boards/<board>/hal.py over boards/common/machine_hal.py) under
+the MicroPython VMs, on the fake ``machine`` of tests/boards/fake_machine.py, and check what
+it does to the pins.
 
-``run_hal_check(vm, board, tmp)`` stages metal/core + metal/boards/<board> + fake_machine,
+``run_hal_check(vm, board, tmp)`` stages metal/core + metal/boards/{<board>,common} +
+fake_machine,
 runs HAL_SCRIPT there and returns the ``mpvm.Result``; the script prints ``ok <check>``
 per check and ``alloc <bytes> <error>`` for the tick-path allocation measurement.
 """
@@ -16,6 +18,7 @@ import mpvm as harness
 HERE = Path(__file__).resolve().parent
 
 HAL_CLASS = {"rp2040": "Rp2040Hal", "esp32": "Esp32Hal"}
+SHARED = ["common"]  # boards/ packages the real boards import (flash.sh installs them too)
 
 # MicroPython. {board} and {hal_class} are filled in; the rest is literal.
 HAL_SCRIPT = '''
@@ -23,14 +26,15 @@ import sys
 import fake_machine as M
 sys.modules["machine"] = M
 from metal.boards.{board}.board import PINS, make_config
-from metal.boards.{board} import hal as H
+from metal.boards.{board} import hal as B
+from metal.boards.common import machine_hal as H
 from metal.core.hal import READ_ERROR
 from metal.core.firmware import Firmware
 
 BOARD = "{board}"
 pins = PINS
 pins.uart = (1, 0, 1, 115200)  # a fake UART as the host link (GPIO 0/1: free on both maps)
-hal = H.{hal_class}(pins)
+hal = B.{hal_class}(pins)
 u = hal.link._rx
 P = M.Pin.by_gpio
 
@@ -40,6 +44,8 @@ def ok(name, cond, detail=""):
         raise AssertionError(name + " " + str(detail))
     print("ok", name)
 
+
+ok("hal_is_machine_hal", isinstance(hal, H.MachineHal))
 
 # -- start-up state ---------------------------------------------------------------------
 ok("rails_off", all(P[g].mode == M.Pin.OUT and P[g].level == 0 for g in pins.rail_en))
@@ -155,6 +161,10 @@ u.writable = False
 ok("serial_write_blocked", hal.serial_write(b"abc", 0, 3) == 0)
 u.writable = True
 ok("uart_link_no_break_in", not hal.link.detect_break)
+if BOARD == "esp32":  # GPIO numbers, as the ESP32 port's UART takes them
+    ok("uart_pins", u.pins == (0, 1) and u.id == 1 and u.baudrate == 115200, u.pins)
+else:
+    ok("uart_pins", u.pins[0].gpio == 0 and u.pins[1].gpio == 1 and u.baudrate == 115200)
 hal.link.detect_break = True  # the stdio link's setting
 hal.sample(1000000)
 u.feed(b"\\x11\\r\\x03\\x00")  # 0D 03 inside a frame: data
@@ -183,6 +193,8 @@ ok("maintenance_fans_full", all(M.PWM.by_gpio[g].duty == 65535 for g in pins.pwm
 feeds = M.WDT.last.feeds
 M.Timer.last.callback(M.Timer.last)
 ok("maintenance_feeds_wdt", M.WDT.last.feeds == feeds + 1 and M.Timer.last.period > 0)
+# the ESP32 port has no virtual timers: hardware timer 0 there, a virtual one on the RP2040
+ok("maintenance_timer_id", M.Timer.last.id == (0 if BOARD == "esp32" else -1), M.Timer.last.id)
 
 # -- the tick path allocates nothing ------------------------------------------------------------------
 hal.link.detect_break = True
@@ -228,7 +240,7 @@ print("done")
 
 
 def stage(tmp: Path, board: str) -> Path:
-    root = harness.stage_tree(tmp, boards=[board])
+    root = harness.stage_tree(tmp, boards=[board, *SHARED])
     shutil.copyfile(HERE / "fake_machine.py", root / "fake_machine.py")
     return root
 

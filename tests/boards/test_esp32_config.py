@@ -158,5 +158,6 @@ def test_hal_on_micropython(vm, tmp_path):
     passed = check_result(run_hal_check(vm, "esp32", tmp_path))
     for name in ("rails_off", "fans_full_at_boot", "tach_hard_irq", "adc_attenuation",
                  "adc_uv_half", "adc_saturated_open", "in_lock_sense", "i2c_negative_raw",
-                 "break_in_at_boundary", "maintenance_fans_full", "firmware_ticks"):
+                 "break_in_at_boundary", "maintenance_fans_full", "maintenance_timer_id",
+                 "uart_pins", "hal_is_machine_hal", "firmware_ticks"):
         assert name in passed, name

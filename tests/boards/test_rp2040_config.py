@@ -160,5 +160,5 @@ def test_hal_on_micropython(vm, tmp_path):
     for name in ("rails_off", "fans_full_at_boot", "tach_wraps", "in_lock_sense", "adc_raw",
                  "i2c_no_data", "i2c_bus_error", "break_in_at_boundary",
                  "break_in_not_mid_frame", "break_in_after_silence", "maintenance_feeds_wdt",
-                 "firmware_ticks"):
+                 "maintenance_timer_id", "uart_pins", "hal_is_machine_hal", "firmware_ticks"):
         assert name in passed, name
