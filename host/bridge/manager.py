@@ -301,6 +301,7 @@ class Bridge:
         ready = asyncio.Event()
         sessions = [s for s in self.sessions.values()
                     if device_id is None or s.device_id == device_id]
+        by_id = {s.device_id: s for s in sessions}
 
         def on_telemetry(dev: str, snap: dict[str, Any]) -> None:
             slots[dev] = snap  # latest wins
@@ -341,9 +342,8 @@ class Bridge:
                     ready.clear()
                     items = list(slots.items())
                     slots.clear()
-                    for dev, snap in items:
-                        yield {"topic": "telemetry", "device": dev,
-                               "time": snap.get("updated_at"), "data": snap}
+                    for dev, _snap in items:
+                        yield by_id[dev].telemetry_message()
         finally:
             for t in (get_task, tel_task):
                 if t is not None:

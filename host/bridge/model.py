@@ -150,6 +150,21 @@ class CommandRequest:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class PreSerialized(dict[str, Any]):
+    """A stream message that carries its own JSON text.
+
+    Telemetry goes to every subscriber of a device: the bridge serializes it
+    once per frame and the WebSocket sender uses ``text`` instead of encoding
+    the dict again per client. It still reads like the plain dict it equals.
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str, /, **fields: Any) -> None:
+        super().__init__(**fields)
+        self.text = text
+
+
 class BridgeService(Protocol):
     """What the API and the CLI need from the bridge."""
 

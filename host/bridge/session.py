@@ -65,7 +65,10 @@ board's RESULT saying so.
 * **Bridge restart**: commands stored ``queued`` were never handed to a link: ``failed``.
   Commands stored ``sent`` wait for a late RESULT (the board re-sends unacknowledged
   RESULTs into the new session) for ``restart_settle_s`` after the device is back, then end
-  ``timeout``; after a reboot they end ``timeout`` at once.
+  ``timeout``; after a reboot they end ``timeout`` at once. A late ``applied`` also records
+  the command's desired state (unless a newer write to the same key happened).
+* **Desired state**: an applied command's desired-state writes are committed in the same
+  transaction as its verdict, so ``kill -9`` never leaves an applied command without them.
 
 Reboots and power restore
 -------------------------
@@ -90,6 +93,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections import deque
@@ -149,12 +153,13 @@ from metal.host.bridge.model import (
     IdempotencyConflict,
     InvalidInput,
     NotSupported,
+    PreSerialized,
     Refused,
     TargetNotFound,
 )
 from metal.host.bridge.snapshot import SnapshotCache, build_snapshot
 from metal.host.bridge.state import DeviceState
-from metal.host.bridge.store import CommandRow, Store
+from metal.host.bridge.store import CommandRow, DesiredRow, Store
 from metal.host.bridge.transport import SerialTransport, Transport
 from metal.host.codec import ProtocolError, decode_frame, decode_payload, encode_payload
 from metal.host.telemetry_view import (
@@ -308,6 +313,8 @@ class DeviceSession:
         self.rtt_ms: int | None = None
         self.board_ms: int | None = None
         self.snapshot = SnapshotCache()
+        self._tel_msg: PreSerialized | None = None
+        self._tel_msg_version = -1
         self.commands_total: dict[str, int] = {}
         #: CMD frames written to the transport (first sends and retransmissions)
         self.cmd_frames_tx = 0
@@ -536,6 +543,19 @@ class DeviceSession:
 
     def remove_listener(self, fn: Callable[[str, dict[str, Any]], None]) -> None:
         self._listeners.discard(fn)
+
+    def telemetry_message(self) -> PreSerialized:
+        """The stream message for the latest snapshot, serialized once per frame
+        however many clients it goes to (the snapshot's JSON is reused as is)."""
+        snap = self.snapshot
+        if self._tel_msg is None or self._tel_msg_version != snap.version:
+            at = snap.data.get("updated_at")
+            text = ('{"topic":"telemetry","device":' + json.dumps(self.device_id)
+                    + ',"time":' + json.dumps(at) + ',"data":' + snap.json.decode() + "}")
+            self._tel_msg = PreSerialized(text, topic="telemetry", device=self.device_id,
+                                          time=at, data=snap.data)
+            self._tel_msg_version = snap.version
+        return self._tel_msg
 
     # =========================================================================
     # the loop
@@ -983,13 +1003,24 @@ class DeviceSession:
         state = "applied" if code == P.R_OK else "rejected"
         p = self._pending.get(cid)
         orphan = next((r for r in self._orphans.rows if r.command_id == cid), None)
+        # An applied command's desired state is committed with its verdict, in one
+        # transaction: a kill -9 between two commits would leave the command "applied" and
+        # its desired state missing. A command of a previous run (an orphan whose RESULT
+        # came late) gets its desired state too.
+        writes: list[tuple[str, Any]] = []
+        source = ""
+        if code == P.R_OK and p is not None:
+            writes, source = list(p.cmd.desired), p.desired_source
+        elif code == P.R_OK and orphan is not None:
+            writes, source = self._orphan_desired(orphan), f"api:{orphan.principal}"
         try:
-            await asyncio.to_thread(self.store.update_command, self.device_id, cid, state,
-                                    result=result)
+            rows = await asyncio.to_thread(self._store_result, cid, state, result, writes,
+                                           source, orphan)
         except (store_mod.UnknownCommand, store_mod.InvalidTransition) as exc:
             log.info("%s: late or unknown RESULT for command %d (%s): %s", self.device_id, cid,
                      name, exc)
             p = orphan = None
+            rows = []
         except Exception:
             log.exception("%s: could not store the RESULT of command %d; restarting the "
                           "session", self.device_id, cid)
@@ -999,15 +1030,64 @@ class DeviceSession:
         self._orphans.rows = [r for r in self._orphans.rows if r.command_id != cid]
         self.commands_total[name] = self.commands_total.get(name, 0) + 1
         if p is None:
-            if orphan is not None and code == P.R_OK:
-                self._spawn(self._orphan_applied(orphan))
+            if rows:
+                self._spawn(self._publish_desired(rows))
             return
         self._pending.pop(cid, None)
         verdict = CommandVerdict(cid, "applied" if code == P.R_OK else "rejected",
                                  None if code == P.R_OK else name)
         if code == P.R_OK:
             self._apply_local(p.cmd)
-        self._spawn(self._complete(p, verdict, code))
+        self._spawn(self._complete(p, verdict, code, rows))
+
+    def _store_result(self, cid: int, state: str, result: dict[str, Any],
+                      writes: list[tuple[str, Any]], source: str,
+                      orphan: CommandRow | None) -> list[DesiredRow]:
+        """Worker thread: the verdict and the desired state it implies, one commit."""
+        rows: list[DesiredRow] = []
+        desired = self.state.desired
+        try:
+            with self.store.transaction():
+                self.store.update_command(self.device_id, cid, state, result=result)
+                for key, value in writes:
+                    entry = desired.entry(key)
+                    if orphan is not None and entry is not None and \
+                            entry.updated_at > orphan.created_at:
+                        continue  # a newer desired write already happened
+                    try:
+                        rows.append(desired.set(key, value, source, at=self._clock()))
+                    except ValueError as exc:
+                        log.warning("%s: desired %s: %s", self.device_id, key, exc)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                desired.reload()  # the cache may hold rows of the rolled-back transaction
+            raise
+        return rows
+
+    def _orphan_desired(self, row: CommandRow) -> list[tuple[str, Any]]:
+        """The desired-state writes of a command stored by a previous bridge run."""
+        req = row.request
+        lay = self.layout
+        if lay is None or not isinstance(req.get("kind"), str) or not isinstance(
+                req.get("action"), str):
+            return []
+        try:
+            cmd = translate(CommandRequest(req["kind"], req["action"], req.get("target"),
+                                           req.get("value"), dict(req.get("extra") or {})),
+                            lay, simulated=self.simulated)
+        except BridgeError:
+            return []  # e.g. the bridge's own power-restore commands (kind "resync")
+        return list(cmd.desired)
+
+    async def _publish_desired(self, rows: list[DesiredRow]) -> None:
+        """``state.changed`` for desired rows already stored (as DeviceState.set_desired)."""
+        for row in rows:
+            await self.bus.publish(
+                "state.changed", self.device_id,
+                {"key": row.key, "desired": row.value, "generation": row.generation,
+                 "source": row.source})
+        if rows:
+            await self.state.evaluate()
 
     def _apply_local(self, cmd: BoardCommand) -> None:
         """What an applied command tells us that telemetry does not (setpoints, duties)."""
@@ -1026,41 +1106,13 @@ class DeviceSession:
             if 0 <= cmd.target < len(self.zone_manual_duty):
                 self.zone_manual_duty[cmd.target] = cmd.meta.get("duty_pct")
 
-    async def _complete(self, p: _Pending, verdict: CommandVerdict, code: int) -> None:
+    async def _complete(self, p: _Pending, verdict: CommandVerdict, code: int,
+                        rows: list[DesiredRow]) -> None:
         try:
-            if verdict.result == "applied" and p.cmd.desired:
-                for key, value in p.cmd.desired:
-                    try:
-                        await self.state.set_desired(key, value, p.desired_source)
-                    except ValueError as exc:
-                        log.warning("%s: desired %s: %s", self.device_id, key, exc)
+            await self._publish_desired(rows)
         finally:
             if not p.future.done():
                 p.future.set_result((verdict, code))
-
-    async def _orphan_applied(self, row: CommandRow) -> None:
-        """A command sent by a previous bridge run was applied (its RESULT came late):
-        record its desired state, as :meth:`_complete` does for a command of this run --
-        unless a newer desired write for the same key already happened."""
-        req = row.request
-        lay = self.layout
-        if lay is None or not isinstance(req.get("kind"), str) or not isinstance(
-                req.get("action"), str):
-            return
-        try:
-            cmd = translate(CommandRequest(req["kind"], req["action"], req.get("target"),
-                                           req.get("value"), dict(req.get("extra") or {})),
-                            lay, simulated=self.simulated)
-        except BridgeError:
-            return  # e.g. the bridge's own power-restore commands (kind "resync")
-        for key, value in cmd.desired:
-            entry = self.state.desired.entry(key)
-            if entry is not None and entry.updated_at > row.created_at:
-                continue
-            try:
-                await self.state.set_desired(key, value, f"api:{row.principal}")
-            except ValueError as exc:
-                log.warning("%s: desired %s: %s", self.device_id, key, exc)
 
     async def _fail_command(self, p: _Pending, state: str, err: BridgeError) -> None:
         with contextlib.suppress(store_mod.InvalidTransition, store_mod.UnknownCommand):

@@ -49,3 +49,24 @@ def loop_cmd(as_json: bool, ticks: int, timed_ticks: int, jitter_seconds: float,
     from metal.host.bench import loop
 
     _emit(loop.run(ticks, timed_ticks, jitter_seconds, vms=not no_vms), as_json)
+
+
+@bench.command("api")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on one line.")
+@click.option("--requests", default=1_000, show_default=True, type=click.IntRange(10),
+              help="Commands (REST POST -> board -> response) timed one at a time.")
+@click.option("--duration", default=10.0, show_default=True, type=click.FloatRange(0.5),
+              help="Seconds of GET /api/v1/devices/{id} load for get_device_rps.")
+@click.option("--connections", default=16, show_default=True, type=click.IntRange(1, 1024),
+              help="Concurrent keep-alive connections of the GET load.")
+@click.option("--ws-duration", default=30.0, show_default=True, type=click.FloatRange(0.5),
+              help="Seconds of 100 Hz telemetry fan-out measured.")
+@click.option("--ws-clients", default=100, show_default=True, type=click.IntRange(1, 2000),
+              help="WebSocket telemetry subscribers.")
+def api_cmd(as_json: bool, requests: int, duration: float, connections: int,
+            ws_duration: float, ws_clients: int) -> None:
+    """The bridge's API end to end: command round trip, snapshot reads per second,
+    WebSocket telemetry fan-out latency (sim board over a pty, bridge in its own process)."""
+    from metal.host.bench import api
+
+    _emit(api.run(requests, duration, ws_duration, connections, ws_clients), as_json)

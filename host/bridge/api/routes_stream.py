@@ -123,9 +123,13 @@ async def pump(
             if message.get("topic") == "closed":  # the service's own end-of-stream marker
                 reason = str(message.get("reason") or "end")
                 break
-            text = json.dumps(message, separators=(",", ":"), default=str)
+            text = getattr(message, "text", None)  # PreSerialized: encoded once for all clients
+            if text is None:
+                text = json.dumps(message, separators=(",", ":"), default=str)
             try:
-                await asyncio.wait_for(send_text(text), send_timeout)
+                # asyncio.timeout rather than wait_for: no extra task per message
+                async with asyncio.timeout(send_timeout):
+                    await send_text(text)
             except TimeoutError:
                 return CLOSE_SLOW_CONSUMER, SLOW_CONSUMER, last_id
             if message.get("topic") == "events":
