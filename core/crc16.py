@@ -28,6 +28,7 @@ def _make_table():
 
 
 _TABLE = _make_table()
+TABLE = _TABLE  # for a caller that folds the CRC into its own byte loop (frame.encode_frame)
 
 
 def crc16(buf, start, end, crc=0xFFFF):

@@ -15,9 +15,9 @@ without a delimiter makes the frame oversize: E_OVERSIZE is reported at once
 
 from array import array
 
-from metal.core.cobs import cobs_decode, cobs_encode
+from metal.core.cobs import cobs_encode
 from metal.core.compat import const
-from metal.core.crc16 import crc16
+from metal.core.crc16 import TABLE as _CRC_TABLE, crc16
 from metal.core.proto import (
     CRC_LEN,
     E_COBS,
@@ -50,10 +50,10 @@ def encode_frame(ftype, flags, seq, ack, payload, p_start, p_len, scratch, out, 
     be None when ``p_len`` is 0). If ``payload is scratch`` and ``p_start`` is
     HEADER_LEN the payload is already in place (built there with
     ``Encoder.reset(HEADER_LEN)``) and is not copied. ``scratch`` needs
-    MAX_BODY + CRC_LEN bytes. Header fields are masked to their widths
-    (``ftype`` to 4 bits, the rest to 8). Returns the number of bytes written,
-    or -1 if ``p_len`` is negative or above MAX_PAYLOAD, or a buffer is too
-    small.
+    MAX_BODY + CRC_LEN bytes (its contents afterwards are unspecified). Header
+    fields are masked to their widths (``ftype`` to 4 bits, the rest to 8).
+    Returns the number of bytes written, or -1 if ``p_len`` is negative or
+    above MAX_PAYLOAD, or a buffer is too small.
     """
     if p_len < 0 or p_len > MAX_PAYLOAD:
         return -1
@@ -64,6 +64,75 @@ def encode_frame(ftype, flags, seq, ack, payload, p_start, p_len, scratch, out, 
     scratch[1] = flags & 0xFF
     scratch[2] = seq & 0xFF
     scratch[3] = ack & 0xFF
+    m = n + CRC_LEN  # <= 254: COBS adds one code byte, then the delimiter
+    if out_start + m + 2 > len(out):
+        # ``out`` may be too small for this frame: the checked three-pass path
+        return _encode_checked(payload, p_start, p_len, scratch, out, out_start)
+
+    # One pass over header, payload and CRC computes the CRC and COBS-encodes
+    # at once, reading the payload where it is (no copy into scratch). This is
+    # cobs.cobs_encode with crc16.crc16 folded in; ``out`` has room for the
+    # longest encoding (checked above), so the loop needs no bounds checks.
+    # Three pieces: scratch[0:4] (header), the payload, scratch[n:n+2] (CRC,
+    # stored once the payload is done).
+    t = _CRC_TABLE
+    crc = 0xFFFF
+    code_pos = out_start  # where the current group's code byte goes
+    o = out_start + 1
+    code = 1
+    full = 0  # 1 while the last group was closed by a full 254-byte run
+    src = scratch
+    i = 0
+    stop = HEADER_LEN
+    piece = 0
+    while True:
+        while i < stop:
+            b = src[i]
+            i += 1
+            crc = ((crc << 8) & 0xFF00) ^ t[((crc >> 8) ^ b) & 0xFF]
+            if b == 0:
+                out[code_pos] = code
+                code_pos = o
+                o += 1
+                code = 1
+                full = 0
+            else:
+                out[o] = b
+                o += 1
+                code += 1
+                if code == 0xFF:
+                    out[code_pos] = 0xFF
+                    code = 1
+                    full = 1
+                    code_pos = o
+                    o += 1
+        if piece == 0:
+            piece = 1
+            if p_len:
+                src = payload
+                i = p_start
+                stop = p_start + p_len
+        elif piece == 1:
+            piece = 2
+            scratch[n] = crc >> 8
+            scratch[n + 1] = crc & 0xFF
+            src = scratch
+            i = n
+            stop = n + CRC_LEN
+        else:
+            break
+    if full and code == 1:
+        o -= 1  # a final 254-byte run: no trailing empty group (as cobs_encode)
+    else:
+        out[code_pos] = code
+    out[o] = 0
+    return o + 1 - out_start
+
+
+def _encode_checked(payload, p_start, p_len, scratch, out, out_start):
+    # encode_frame for an ``out`` that may be too small: copy, CRC, COBS with
+    # its bounds checks (-1 when the frame does not fit).
+    n = HEADER_LEN + p_len
     if p_len and (payload is not scratch or p_start != HEADER_LEN):
         d = HEADER_LEN - p_start
         for i in range(p_start, p_start + p_len):
@@ -150,18 +219,41 @@ class Deframer:
         return i
 
     def _check(self, n):
+        # COBS decode in place and CRC in one pass. _acc never holds a 0x00
+        # (feed() ends the frame there), so only the code bytes need checking.
+        # The CRC runs over the CRC bytes too: for this CRC (no reflection, no
+        # final XOR) a body followed by its big-endian CRC leaves 0, so a
+        # non-zero result is exactly a mismatch (what cobs_decode + crc16 +
+        # a compare found in three passes).
         body = self._acc
-        m = cobs_decode(body, 0, n, body, 0)
-        if m < 0:
-            self._drop(E_COBS)
-            return
-        if m < _MIN_DECODED:
+        t = _CRC_TABLE
+        crc = 0xFFFF
+        i = 0
+        o = 0
+        while i < n:
+            code = body[i]
+            i += 1
+            stop = i + code - 1
+            if stop > n:
+                self._drop(E_COBS)
+                return
+            while i < stop:
+                b = body[i]
+                i += 1
+                body[o] = b
+                o += 1
+                crc = ((crc << 8) & 0xFF00) ^ t[((crc >> 8) ^ b) & 0xFF]
+            if code != 0xFF and i < n:
+                body[o] = 0
+                o += 1
+                crc = ((crc << 8) & 0xFF00) ^ t[crc >> 8]
+        if o < _MIN_DECODED:
             self._drop(E_SHORT)
             return
-        m -= CRC_LEN
-        if crc16(body, 0, m, 0xFFFF) != ((body[m] << 8) | body[m + 1]):
+        if crc:
             self._drop(E_CRC)
             return
+        m = o - CRC_LEN
         vt = body[0]
         if (vt >> 4) != PROTO_VERSION:
             self._drop(E_VERSION)

@@ -14,13 +14,6 @@ TEMP_NONE = const(0x7FFF)  # int16 slot of a sensor with no valid reading
 N_FIELDS = const(10)
 
 
-def _put16(buf, p, v):
-    if v > 0xFFFF:
-        v = 0xFFFF
-    buf[p] = v & 0xFF
-    buf[p + 1] = (v >> 8) & 0xFF
-
-
 class TelemetryEncoder:
     def __init__(self, n_sensors, n_fans, n_rails):
         self.n_sensors = n_sensors
@@ -45,54 +38,90 @@ class TelemetryEncoder:
         if p < 0:
             self.len = 0
             return 0
+        # 2 × (S + 2F + 2R) bytes of uint16 LE, then S + F + R nibbles. Each
+        # loop writes its bytes itself: a helper call per value (or per
+        # nibble) cost ~50 calls per frame, the bulk of it on the 32-bit VM.
         b = self.buf
-        ns = self.n_sensors
-        nf = self.n_fans
-        nr = self.n_rails
         mc = sensors.mc
         sst = sensors.state
-        for i in range(ns):
+        for i in range(self.n_sensors):
             if sst[i] == SENSOR_OK:
-                _put16(b, p, (mc[i] // 10) & 0xFFFF)
+                v = (mc[i] // 10) & 0xFFFF
             else:
-                _put16(b, p, TEMP_NONE)
+                v = TEMP_NONE
+            b[p] = v & 0xFF
+            b[p + 1] = v >> 8
             p += 2
+        nf = self.n_fans
         duty = fans.duty
         for i in range(nf):
-            _put16(b, p, duty[i])
+            v = duty[i]
+            if v > 0xFFFF:
+                v = 0xFFFF
+            b[p] = v & 0xFF
+            b[p + 1] = (v >> 8) & 0xFF
             p += 2
         rpm = fans.rpm
         for i in range(nf):
-            _put16(b, p, rpm[i])
+            v = rpm[i]
+            if v > 0xFFFF:
+                v = 0xFFFF
+            b[p] = v & 0xFF
+            b[p + 1] = (v >> 8) & 0xFF
             p += 2
+        nr = self.n_rails
         mv = power.mv
         for i in range(nr):
             v = mv[i]
-            _put16(b, p, v if v > 0 else 0)
+            if v < 0:
+                v = 0
+            elif v > 0xFFFF:
+                v = 0xFFFF
+            b[p] = v & 0xFF
+            b[p + 1] = v >> 8
             p += 2
         ma = power.ma
         for i in range(nr):
             v = ma[i]
-            _put16(b, p, v if v > 0 else 0)
+            if v < 0:
+                v = 0
+            elif v > 0xFFFF:
+                v = 0xFFFF
+            b[p] = v & 0xFF
+            b[p + 1] = v >> 8
             p += 2
-        # 4-bit states, low nibble first: sensors, fans, rails
-        k = 0
-        fst = fans.state
-        rst = power.state
-        for i in range(ns + nf + nr):
-            if i < ns:
-                v = sst[i]
-            elif i < ns + nf:
-                v = fst[i - ns]
-            else:
-                v = rst[i - ns - nf]
-            if k == 0:
-                b[p] = v & 0x0F
-                k = 1
-            else:
-                b[p] |= (v & 0x0F) << 4
+        # 4-bit states, low nibble first: sensors, fans, rails (one run of
+        # nibbles across the three arrays; `half` = b[p] has its low nibble)
+        half = 0
+        for i in range(self.n_sensors):
+            v = sst[i] & 0x0F
+            if half:
+                b[p] |= v << 4
                 p += 1
-                k = 0
+                half = 0
+            else:
+                b[p] = v
+                half = 1
+        fst = fans.state
+        for i in range(nf):
+            v = fst[i] & 0x0F
+            if half:
+                b[p] |= v << 4
+                p += 1
+                half = 0
+            else:
+                b[p] = v
+                half = 1
+        rst = power.state
+        for i in range(nr):
+            v = rst[i] & 0x0F
+            if half:
+                b[p] |= v << 4
+                p += 1
+                half = 0
+            else:
+                b[p] = v
+                half = 1
         e.uint(gpio_levels)
         e.uint(tripped)
         e.uint(latched)

@@ -111,11 +111,18 @@ class ByteRing:
         j = self.head + self.count
         if j >= size:
             j -= size
-        for k in range(start, start + n):
-            buf[j] = src[k]
-            j += 1
-            if j == size:
-                j = 0
+        # at most two contiguous runs (up to the end of buf, then from 0), so
+        # the per-byte loop needs no wrap test: every byte the board sends
+        # passes here
+        first = size - j
+        if first > n:
+            first = n
+        d = j - start
+        for k in range(start, start + first):
+            buf[k + d] = src[k]
+        d = -start - first
+        for k in range(start + first, start + n):
+            buf[k + d] = src[k]
         self.count += n
         return n
 
@@ -125,11 +132,18 @@ class ByteRing:
         buf = self.buf
         size = self.size
         j = self.head
-        for k in range(start, start + n):
-            dst[k] = buf[j]
-            j += 1
-            if j == size:
-                j = 0
+        first = size - j  # two contiguous runs, as in put_from
+        if first > n:
+            first = n
+        d = start - j
+        for k in range(j, j + first):
+            dst[k + d] = buf[k]
+        d = start + first
+        for k in range(n - first):
+            dst[k + d] = buf[k]
+        j += n
+        if j >= size:
+            j -= size
         self.head = j
         self.count -= n
         return n
@@ -256,9 +270,12 @@ class SimHal(Hal):
             return READ_ERROR
         plant = self.plant
         fault = plant.s_fault[s]
-        if fault == FAULT_SENSOR_OPEN or fault == FAULT_SENSOR_SHORT:
+        if not fault:  # plant.sensor_mc(s) written out, as in adc_read
+            mc = plant.z_mc[plant.s_zone[s]] + plant.s_offset[s] + plant.s_noise[s]
+        elif fault == FAULT_SENSOR_OPEN or fault == FAULT_SENSOR_SHORT:
             return READ_ERROR
-        mc = plant.sensor_mc(s)
+        else:
+            mc = plant.sensor_mc(s)
         kind = self._i2c_kind[ch]
         if kind == SENSOR_TMP117:
             return tmp117_raw(mc)
@@ -270,7 +287,7 @@ class SimHal(Hal):
         # plant.digital_level(ch) written out (GPIO and security inputs call this
         # about a dozen times per tick)
         plant = self.plant
-        if 0 <= ch < plant.n_digital:
+        if ch >= 0 and ch < plant.n_digital:  # (two compares: cheaper than a chained one)
             return plant.d_level[ch]
         return 0
 
@@ -280,10 +297,16 @@ class SimHal(Hal):
     # -- fans ----------------------------------------------------------------------
 
     def pwm_set(self, ch, duty_permille):
-        if 0 <= ch < self._n_pwm:
+        if ch >= 0 and ch < self._n_pwm:
             f = self._pwm_fan[ch]
             if f >= 0:
-                self.plant.set_fan_duty(f, duty_permille)
+                # plant.set_fan_duty(f, duty) written out: the thermal loop moves
+                # the duties of most fans on most ticks
+                if duty_permille < 0:
+                    duty_permille = 0
+                elif duty_permille > 1000:
+                    duty_permille = 1000
+                self.plant.f_duty[f] = duty_permille
 
     def tach_pulses(self, ch):
         if ch < 0 or ch >= self._n_tach:

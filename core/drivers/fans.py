@@ -114,11 +114,13 @@ class FanBank:
 
     def apply(self):
         """Write every changed duty to the PWM outputs (output phase)."""
+        duty = self.duty
+        applied = self.applied
         for i in range(self.n):
-            d = self.duty[i]
-            if d != self.applied[i]:
+            d = duty[i]
+            if d != applied[i]:
                 self._pwm_set(self.pwm_ch[i], d)
-                self.applied[i] = d
+                applied[i] = d
 
     def _set_state(self, i, st):
         old = self.state[i]
@@ -134,42 +136,54 @@ class FanBank:
             for i in range(self.n):
                 self._win_start[i] = now_ms
                 self._pulses[i] = 0
+        # every fan on every tick: arrays in locals
         v = self._v
+        rpm0 = self._rpm0
+        state0 = self._state0
+        stalled0 = self._stalled0
+        tach = self._tach
+        tach_ch = self.tach_ch
+        pulses = self._pulses
+        applied = self.applied
+        state = self.state
+        win_start = self._win_start
+        rpms = self.rpm
+        window = self.window_ms
         for i in range(self.n):
-            p = self._tach(self.tach_ch[i])
+            p = tach(tach_ch[i])
             if p > 0:
-                acc = self._pulses[i] + p
+                acc = pulses[i] + p
                 if acc > _PULSES_MAX:
                     acc = _PULSES_MAX
-                self._pulses[i] = acc
+                pulses[i] = acc
 
-            d = self.applied[i]
-            st = self.state[i]
+            d = applied[i]
+            st = state[i]
             if d <= 0:
                 if st != FAN_OFF:
                     self._set_state(i, FAN_OFF)
             elif st == FAN_OFF:
                 self._set_state(i, FAN_SPINUP)
                 self._spin_start[i] = now_ms
-                self._win_start[i] = now_ms
-                self._pulses[i] = 0
+                win_start[i] = now_ms
+                pulses[i] = 0
             elif st == FAN_SPINUP:
                 if ticks_diff(now_ms, self._spin_start[i]) >= self.spinup_ms[i]:
                     self._set_state(i, FAN_OK)
                     # judge only on a window of a fan that should be at speed
-                    self._win_start[i] = now_ms
-                    self._pulses[i] = 0
+                    win_start[i] = now_ms
+                    pulses[i] = 0
 
-            elapsed = ticks_diff(now_ms, self._win_start[i])
-            if elapsed >= self.window_ms:
+            elapsed = ticks_diff(now_ms, win_start[i])
+            if elapsed >= window:
                 if elapsed > _ELAPSED_MAX:
                     elapsed = _ELAPSED_MAX
                 den = self.ppr[i] * elapsed
-                rpm = (self._pulses[i] * 60000 + (den >> 1)) // den
-                self.rpm[i] = rpm
-                self._pulses[i] = 0
-                self._win_start[i] = now_ms
-                st = self.state[i]
+                rpm = (pulses[i] * 60000 + (den >> 1)) // den
+                rpms[i] = rpm
+                pulses[i] = 0
+                win_start[i] = now_ms
+                st = state[i]
                 if st == FAN_OK or st == FAN_STALLED:
                     if d >= self.min_duty[i] and rpm < self.stall_rpm[i]:
                         self._set_state(i, FAN_STALLED)
@@ -177,9 +191,10 @@ class FanBank:
                         self._set_state(i, FAN_OK)
             elif elapsed < 0:
                 # the clock stepped back (cannot happen with ticks_ms): restart
-                self._win_start[i] = now_ms
-                self._pulses[i] = 0
+                win_start[i] = now_ms
+                pulses[i] = 0
 
-            v[self._rpm0 + i] = self.rpm[i]
-            v[self._state0 + i] = self.state[i]
-            v[self._stalled0 + i] = 1 if self.state[i] == FAN_STALLED else 0
+            st = state[i]
+            v[rpm0 + i] = rpms[i]
+            v[state0 + i] = st
+            v[stalled0 + i] = 1 if st == FAN_STALLED else 0

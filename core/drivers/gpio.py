@@ -110,12 +110,14 @@ class GpioBank:
 
     def step(self):
         """Sample and debounce inputs, apply changed outputs."""
+        # every line on every tick: arrays and the HAL read in locals
         primed = self._primed
         chs = self.ch
         dirs = self.direction
         tops = self.debounce_ticks
         counts = self.count
         level = self.level
+        wanted = self.wanted
         din = self._din
         for i in range(self.n):
             if dirs[i] == DIR_IN:
@@ -144,7 +146,7 @@ class GpioBank:
                     self._set_level(i, 0)
                     self._push(EV_GPIO_CHANGE, i, 0, 0)
             else:
-                w = self.wanted[i]
+                w = wanted[i]
                 if w != level[i]:
                     self._dout(chs[i], w)
                     self._set_level(i, w)

@@ -43,16 +43,24 @@ def classify(raw):
     return NTC_OK
 
 
+# The table split into columns, plus each segment's spans, for the per-tick
+# conversions (every NTC sensor, every tick): indexing these is cheaper than
+# the pair arithmetic on _TABLE. Start-up only.
+_RAW = array("i", [_TABLE[2 * k] for k in range(_N)])  # raw of point k, descending
+_MC = array("i", [_TABLE[2 * k + 1] for k in range(_N)])  # m°C of point k, ascending
+_DRAW = array("i", [_RAW[k] - _RAW[k + 1] for k in range(_N - 1)])  # > 0
+_DMC = array("i", [_MC[k + 1] - _MC[k] for k in range(_N - 1)])
+
+
 def _make_index():
-    # _INDEX[b] = the first segment (pair index k: t[2k] >= raw > t[2k+2]) that
-    # can hold a raw reading in [b * 256, b * 256 + 255], i.e. the segment of the
+    # _INDEX[b] = the first segment (k: _RAW[k] >= raw > _RAW[k + 1]) that can
+    # hold a raw reading in [b * 256, b * 256 + 255], i.e. the segment of the
     # bucket's largest value. Start-up only.
-    t = _TABLE
     idx = bytearray(256)
     for b in range(256):
         top = b * 256 + 255
         k = 0
-        while k < _N - 2 and t[2 * k + 2] >= top:
+        while k < _N - 2 and _RAW[k + 1] >= top:
             k += 1
         idx[b] = k
     return idx
@@ -63,36 +71,28 @@ _INDEX = _make_index()
 
 def adc_to_mc(raw):
     """m°C for a raw reading, clamped to the table's ends."""
-    t = _TABLE
-    if raw >= t[0]:
-        return t[1]
-    if raw <= t[(_N - 1) * 2]:
-        return t[(_N - 1) * 2 + 1]
-    # Find the segment k with t[2k] >= raw > t[2k+2]. The top byte of raw picks a
-    # starting segment that is never past the right one; at most two segment
-    # ends fall inside one 256-count bucket, so the walk is 0..2 steps (this
-    # runs for every NTC sensor on every tick; a binary search took 5..6).
+    r = _RAW
+    if raw >= r[0]:
+        return _MC[0]
+    if raw <= r[_N - 1]:
+        return _MC[_N - 1]
+    # Find the segment k with _RAW[k] >= raw > _RAW[k + 1]. The top byte of raw
+    # picks a starting segment that is never past the right one; at most two
+    # segment ends fall inside one 256-count bucket, so the walk is 0..2 steps
+    # (a binary search took 5..6).
     k = _INDEX[raw >> 8]
-    while t[k * 2 + 2] >= raw:
+    while r[k + 1] >= raw:
         k += 1
-    r0 = t[k * 2]
-    m0 = t[k * 2 + 1]
-    r1 = t[k * 2 + 2]
-    m1 = t[k * 2 + 3]
-    # (m1-m0) is 5000 and (r0-raw) < 2**16: the product stays below 2**30.
-    return m0 + (m1 - m0) * (r0 - raw) // (r0 - r1)
+    # _DMC is 5000 and (r[k] - raw) < 2**16: the product stays below 2**30.
+    return _MC[k] + _DMC[k] * (r[k] - raw) // _DRAW[k]
 
 
 def mc_to_adc(mc):
     """The raw reading a thermistor at ``mc`` gives (used by the simulator)."""
-    t = _TABLE
-    if mc <= t[1]:
-        return t[0]
-    last = (_N - 1) * 2
-    if mc >= t[last + 1]:
-        return t[last]
-    i = (mc - t[1]) // 5000
-    r0 = t[i * 2]
-    m0 = t[i * 2 + 1]
-    r1 = t[i * 2 + 2]
-    return r0 - (r0 - r1) * (mc - m0) // 5000
+    m = _MC
+    if mc <= m[0]:
+        return _RAW[0]
+    if mc >= m[_N - 1]:
+        return _RAW[_N - 1]
+    i = (mc - m[0]) // 5000
+    return _RAW[i] - _DRAW[i] * (mc - m[i]) // 5000

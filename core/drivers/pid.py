@@ -165,7 +165,8 @@ class Pid:
             m = E_MAX
         elif m < -E_MAX:
             m = -E_MAX
-        if self._have_prev:
+        kd = self.kd
+        if self._have_prev and kd:  # (kd 0, the usual tuning: D is 0 anyway)
             # one clamp to ±ed_lim does both of the documented clamps
             # (±E_MAX, then ±ed_lim): _lim() never returns more than E_MAX
             dm = measured_mc - self._prev_mc
@@ -174,7 +175,7 @@ class Pid:
                 dm = lim
             elif dm < -lim:
                 dm = -lim
-            d = self.kd * dm // self.dt_ms
+            d = kd * dm // self.dt_ms
             if d > D_MAX:
                 d = D_MAX
             elif d < -D_MAX:

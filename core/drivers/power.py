@@ -164,6 +164,7 @@ class PowerController:
         self._mark = bytearray(n)  # scratch: subtree membership
         self.active = -1  # the rail in SEQ_ON/SEQ_OFF, -1 none
         self.power_state = PWR_OFF
+        self._state_changed = 0  # a rail state changed since _update_power_state ran
         self.lockout = 0  # set by the firmware while a lockout interlock is active
         self.illegal_transitions = 0
         self.read_errors = 0
@@ -295,6 +296,9 @@ class PowerController:
 
     # -- tick ---------------------------------------------------------------------
     def step(self, now_ms):
+        # Runs every tick for every rail: arrays in locals, and the parts that
+        # only matter while something moves (cycles, the sequencer, the
+        # power-state summary) cost one test when nothing does.
         self.now_ms = now_ms
         n = self.n
         st = self.state
@@ -311,21 +315,19 @@ class PowerController:
         for i in range(n):
             ch = chs[i]
             v = read_mv(ch)
-            if v == READ_ERROR:
-                v = 0
-                errors += 1
-            elif v < 0:
+            if v < 0:  # READ_ERROR is negative too: one test on the common path
+                if v == READ_ERROR:
+                    errors += 1
                 v = 0
             elif v > _MV_MAX:
                 v = _MV_MAX
             mvs[i] = v
             a = read_ma(ch)
             ma_ok = 1
-            if a == READ_ERROR:
-                a = 0
-                ma_ok = 0
-                errors += 1
-            elif a < 0:
+            if a < 0:
+                if a == READ_ERROR:
+                    ma_ok = 0
+                    errors += 1
                 a = 0
             elif a > _MV_MAX:
                 a = _MV_MAX
@@ -368,30 +370,36 @@ class PowerController:
                 self.active = -1
 
         # 4. cycles: start the off timer when the root is OFF, come back when it ends
-        for r in range(n):
-            c = self.cyc[r]
-            if c == _CYC_DOWN:
-                if st[r] == RAIL_OFF:
-                    self.cyc[r] = _CYC_WAIT
-                    self.cyc_t0[r] = now_ms
-                    c = _CYC_WAIT
-            if c == _CYC_WAIT and ticks_diff(now_ms, self.cyc_t0[r]) >= self.cyc_off_ms[r]:
-                self._finish_cycle(r)
+        #    (sum() runs in C: the scan costs nothing while no cycle is running)
+        cyc = self.cyc
+        if sum(cyc):
+            for r in range(n):
+                c = cyc[r]
+                if c == _CYC_DOWN:
+                    if st[r] == RAIL_OFF:
+                        cyc[r] = _CYC_WAIT
+                        self.cyc_t0[r] = now_ms
+                        c = _CYC_WAIT
+                if c == _CYC_WAIT and ticks_diff(now_ms, self.cyc_t0[r]) >= self.cyc_off_ms[r]:
+                    self._finish_cycle(r)
 
         # 5. start the next transition
         if self.active < 0:
             self._start_next(now_ms)
 
-        self._update_power_state()
+        if self._state_changed:
+            self._update_power_state()
 
     def publish(self):
         """Rail states and fault reasons into the signal board."""
         v = self._sig
         s0 = self._sig_state0
         f0 = self._sig_fault0
+        st = self.state
+        fault = self.fault
         for i in range(self.n):
-            v[s0 + i] = self.state[i]
-            v[f0 + i] = self.fault[i]
+            v[s0 + i] = st[i]
+            v[f0 + i] = fault[i]
 
     # -- internals ------------------------------------------------------------------
     def _busy(self, j):
@@ -413,6 +421,7 @@ class PowerController:
             self.illegal_transitions += 1
             return
         self.state[i] = new
+        self._state_changed = 1
         if new != RAIL_FAULT:
             self.fault[i] = RF_NONE
         self._push(EV_RAIL_STATE, i, new, reason)
@@ -494,30 +503,38 @@ class PowerController:
             self.active = -1
 
     def _start_next(self, now_ms):
+        # One pass finds both candidates (this runs on every idle tick): downs
+        # first, the highest-index rail ON and wanted off (its dependents, with
+        # higher indices, went before); else the lowest-index rail wanted on,
+        # OFF or FAULT, whose parent is ON. (No lockout check needed here:
+        # step() already dropped every pending power-up while it is set.)
         st = self.state
         want = self.want
-        n = self.n
-        for j in range(n - 1, -1, -1):
-            if not want[j] and st[j] == RAIL_ON:
-                self._enable(self.ch[j], 0)
-                self._set_state(j, RAIL_SEQ_OFF, self.down_reason[j])
-                self.t0[j] = now_ms
-                self.active = j
-                return
-        # (no lockout check needed here: step() already dropped every pending
-        # power-up while the lockout is set)
-        for j in range(n):
+        parent = self.parent
+        down = -1
+        up = -1
+        for j in range(self.n):
             s = st[j]
-            if want[j] and (s == RAIL_OFF or s == RAIL_FAULT):
-                p = self.parent[j]
-                if p < 0 or st[p] == RAIL_ON:
-                    self._set_state(j, RAIL_SEQ_ON, RF_NONE)
-                    self._enable(self.ch[j], 1)
-                    self.t0[j] = now_ms
-                    self.active = j
-                    return
+            if want[j]:
+                if up < 0 and (s == RAIL_OFF or s == RAIL_FAULT):
+                    p = parent[j]
+                    if p < 0 or st[p] == RAIL_ON:
+                        up = j
+            elif s == RAIL_ON:
+                down = j
+        if down >= 0:
+            self._enable(self.ch[down], 0)
+            self._set_state(down, RAIL_SEQ_OFF, self.down_reason[down])
+            self.t0[down] = now_ms
+            self.active = down
+        elif up >= 0:
+            self._set_state(up, RAIL_SEQ_ON, RF_NONE)
+            self._enable(self.ch[up], 1)
+            self.t0[up] = now_ms
+            self.active = up
 
     def _update_power_state(self):
+        self._state_changed = 0
         st = self.state
         n_on = 0
         n_off = 0

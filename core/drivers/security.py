@@ -194,20 +194,26 @@ class SecurityController:
         if not self._primed:
             self._prime()
         else:
+            # every input on every tick: arrays in locals
+            chs = self.ch
+            count = self.count
+            level = self.level
+            din = self._din
             for k in range(_N_IN):
-                ch = self.ch[k]
+                ch = chs[k]
                 if ch < 0:
                     continue
-                c = self.count[k]
-                if self._din(ch):
+                c = count[k]
+                if din(ch):
                     if c < top:
                         c += 1
                 elif c > 0:
                     c -= 1
-                self.count[k] = c
-                if c == top and not self.level[k]:
-                    self._changed(k, 1)
-                elif c == 0 and self.level[k]:
+                count[k] = c
+                if c == top:
+                    if not level[k]:
+                        self._changed(k, 1)
+                elif c == 0 and level[k]:
                     self._changed(k, 0)
 
         if self.lock_drive:
@@ -232,8 +238,9 @@ class SecurityController:
             self.lock_fault = 0
 
         v = self._sig
-        v[self._g_tamper] = self.level[IN_TAMPER]
-        v[self._g_door] = self.level[IN_DOOR]
+        level = self.level
+        v[self._g_tamper] = level[IN_TAMPER]
+        v[self._g_door] = level[IN_DOOR]
         v[self._g_estop] = self.estop
 
     # -- internals --------------------------------------------------------------------

@@ -179,27 +179,28 @@ class SensorBank:
         hottest = TEMP_INVALID
         for i in range(self.n):
             # read and convert: why = _NONE and mc, or the reason it is invalid
-            why = _NONE
-            mc = 0
             kind = kinds[i]
             if kind == SENSOR_NTC:
                 raw = adc_read(chs[i])
-                if raw == READ_ERROR:
+                if raw > RAW_SHORT and raw < RAW_OPEN:  # a temperature (the common case)
+                    why = _NONE
+                    mc = adc_to_mc(raw)
+                elif raw == READ_ERROR:  # (negative: the test above excludes it)
                     why = SENSOR_STALE
                 elif raw >= RAW_OPEN:  # ntc.classify, inline
                     why = SENSOR_OPEN
-                elif raw <= RAW_SHORT:
-                    why = SENSOR_SHORT
                 else:
-                    mc = adc_to_mc(raw)
+                    why = SENSOR_SHORT
             else:
                 raw = i2c_read(chs[i])
                 if raw == READ_ERROR:
                     why = SENSOR_STALE
-                elif kind == SENSOR_TMP117:
-                    mc = tmp117_to_mc(raw)
-                else:  # SENSOR_LM75 (config rejects other kinds)
-                    mc = lm75_to_mc(raw)
+                else:
+                    why = _NONE
+                    if kind == SENSOR_TMP117:
+                        mc = tmp117_to_mc(raw)
+                    else:  # SENSOR_LM75 (config rejects other kinds)
+                        mc = lm75_to_mc(raw)
             if why == _NONE and (mc < min_mc[i] or mc > max_mc[i]):
                 why = SENSOR_RANGE
 
@@ -207,8 +208,9 @@ class SensorBank:
             st = states[i]
             if why == _NONE:
                 mcs[i] = mc
-                misses[i] = 0
-                runs[i] = 0
+                if misses[i]:  # (a reason run only exists after a miss)
+                    misses[i] = 0
+                    runs[i] = 0
                 if st != SENSOR_OK:
                     st = SENSOR_OK
                     states[i] = st

@@ -222,7 +222,7 @@ class ThermalController:
         for i in range(fb.n):
             z = fzone[i]
             d = zduty[z] if z < nz else 1000
-            if 0 < d < fmin[i]:
+            if d > 0 and d < fmin[i]:
                 d = fmin[i]
             if d < 0:
                 d = 0

@@ -70,8 +70,8 @@ over comparison and action codes. Here every comparison is precomputed into
 two inclusive windows per row (``v`` inside the *safe* window = trip condition
 false; ``v`` inside the *clear* window = release condition true), so the hot
 path for a quiet row (neither tripped nor pending: bit clear in
-``tripped | pending``) is one signal load, one bit test and one chained
-compare, with no store. Actions are folded into bitmasks at start-up and
+``tripped | pending``) is one signal load and two compares (plus one bit
+test while some row is busy), with no store. Actions are folded into bitmasks at start-up and
 applied with a few ANDs after the loop. Measured with 13 quiet rows: about 2x
 faster than the if/elif version on both MicroPython VMs. Nothing here
 allocates after ``__init__``.
@@ -216,36 +216,38 @@ class InterlockTable:
         busy = tripped | pending
         newly = 0
         shed = 0
-        i = 0
-        for s in self._sig:
+        sig = self._sig
+        for i in range(self.n):
+            x = v[sig[i]]
+            # Quiet row (idle, condition false): one signal load and two
+            # compares, plus a bit test only while some row is busy (two plain
+            # compares are cheaper than a chained one on the VMs). Everything
+            # else is rare and may cost more.
+            if x >= safe_lo[i] and x <= safe_hi[i] and not (busy and (busy >> i) & 1):
+                continue
             # computed, not shifted along: `bit <<= 1` after row 29 would
             # reach 2**30, a heap-allocated int on a 32-bit board
             bit = 1 << i
-            x = v[s]
-            # Quiet row (idle, condition false): one bit test and one chained
-            # compare. Everything else is rare and may cost more.
-            if busy & bit or not safe_lo[i] <= x <= safe_hi[i]:
-                if tripped & bit:
-                    # Latched rows wait for clear(); the others release past
-                    # the hysteresis band.
-                    if not (latch_mask & bit) and clr_lo[i] <= x <= clr_hi[i]:
-                        tripped ^= bit
-                        self._push(EV_INTERLOCK_CLEAR, i, x, 0)
-                elif safe_lo[i] <= x <= safe_hi[i]:
-                    pending ^= bit  # was pending, condition gone: back to IDLE
+            if tripped & bit:
+                # Latched rows wait for clear(); the others release past
+                # the hysteresis band.
+                if not (latch_mask & bit) and clr_lo[i] <= x <= clr_hi[i]:
+                    tripped ^= bit
+                    self._push(EV_INTERLOCK_CLEAR, i, x, 0)
+            elif safe_lo[i] <= x <= safe_hi[i]:
+                pending ^= bit  # was pending, condition gone: back to IDLE
+            else:
+                c = count[i] + 1 if pending & bit else 1
+                if c > self._delay[i]:
+                    if pending & bit:
+                        pending ^= bit
+                    tripped |= bit
+                    newly |= bit
+                    shed |= self._shed_bit[i]
+                    self._push(EV_INTERLOCK_TRIP, i, x, 0)
                 else:
-                    c = count[i] + 1 if pending & bit else 1
-                    if c > self._delay[i]:
-                        if pending & bit:
-                            pending ^= bit
-                        tripped |= bit
-                        newly |= bit
-                        shed |= self._shed_bit[i]
-                        self._push(EV_INTERLOCK_TRIP, i, x, 0)
-                    else:
-                        pending |= bit
-                        count[i] = c
-            i += 1
+                    pending |= bit
+                    count[i] = c
         self._pending = pending
         self.new_power_down = 1 if newly & self._power_down_mask else 0
         self.new_shed_mask = shed
