@@ -116,9 +116,13 @@ class BoardLink:
         if link.state == ST_CONNECTED and link.session != self.session_seen:
             self.session_seen = link.session
             self.describe_next = 0
-        self._queue_describe()
-        self._queue_results()
-        self._queue_events()
+        # each queue only when it has work: an idle tick stays three compares
+        if self.describe_next < len(self.describe):
+            self._queue_describe()
+        if self.res_unsent:
+            self._queue_results()
+        if self.events.count:
+            self._queue_events()
         if telemetry_len > 0:
             self._send(T_TELEMETRY, telemetry, 0, telemetry_len)
 

@@ -192,9 +192,8 @@ class Firmware:
             thermal.overheat_cancel()
             self.overheat_done = 0
 
-        act = self.security.take_action()
-        if act != ACT_NONE:
-            self._apply_action(act)
+        if self.security.tamper_action_pending != ACT_NONE:
+            self._apply_action(self.security.take_action())
         if not self.security.tamper_latched:
             self.tamper_lockout = 0  # both end with an explicit tamper clear
             self.safe_fans = 0

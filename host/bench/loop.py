@@ -14,7 +14,7 @@ Each runtime runs the sim firmware with a host link in the same process
 ``allocs_per_tick`` is the heap growth over ``ticks`` ticks under heap_lock
 with the collector off, divided by ``ticks`` (0.0 means none at all; a
 MemoryError under the lock is reported as ``"memory_error": true``).
-``calibration_us`` times 100,000 iterations of ``x = x ^ i`` in a function in
+``calibration_us`` times 100,000 iterations of ``x = x ^ i`` in a function (best of 5) in
 the same VM, so ``tick_ratio_p50 = tick_us_p50 / calibration_us`` carries to a
 real board. Jitter: tick-start lateness against the drift-free schedule of
 ``Loop.run_forever`` on CPython, at 100 Hz and 1 kHz.

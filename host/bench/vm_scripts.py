@@ -187,10 +187,16 @@ def calib():
     return x
 
 
-gc.collect()
-t0 = clock()
-calib()
-print("calibration_us", elapsed_us(t0))
+# best of 5: one run of the calibration loop on the WASM VM varies by up to 2x
+best = 0
+for _ in range(5):
+    gc.collect()
+    t0 = clock()
+    calib()
+    d = elapsed_us(t0)
+    if best == 0 or d < best:
+        best = d
+print("calibration_us", best)
 '''
 
 
