@@ -126,13 +126,12 @@ class BoardLink:
         if telemetry_len > 0:
             self._send(T_TELEMETRY, telemetry, 0, telemetry_len)
 
-        self.check_heartbeat(now_ms)
         self._write(now_ms)
 
     def check_heartbeat(self, now_ms):
         """Set ``host_lost`` once no HEARTBEAT arrived within the timeout. The
-        firmware calls this in its input phase too, so the safe state starts in
-        the tick the timeout ends instead of one tick later."""
+        runner calls this once per tick in its input phase (before ``service``),
+        so the safe state starts in the tick the timeout ends."""
         if not self._have_boot:
             self._have_boot = 1
             self.boot_ms = now_ms
