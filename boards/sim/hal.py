@@ -201,6 +201,7 @@ class SimHal(Hal):
             self._rail[config.rails[i].ch] = i
         self._n_rail = n_rail
 
+        self.claim_inputs(n_adc, n_i2c, n_rail)
         self.rx = ByteRing(serial_size)  # host -> board
         self.tx = ByteRing(serial_size)  # board -> host
         self.watchdog_feeds = 0  # mod 2**30
@@ -217,10 +218,12 @@ class SimHal(Hal):
         if not self._started:
             self._started = True
             self._last_us = now_us
+            self._refresh_image()
             return
         d = ticks_diff(now_us, self._last_us)
         self._last_us = now_us
         if d <= 0:
+            self._refresh_image()
             return  # no time passed (or the caller's clock stepped back)
         us = self._us_rem + d
         ms = us // 1000
@@ -229,6 +232,32 @@ class SimHal(Hal):
             ms = MAX_CATCHUP_MS
         if ms:
             self.plant.step(ms)
+        self._refresh_image()
+
+    def _refresh_image(self):
+        # every input, as the drivers will see it for this whole tick
+        adc = self.adc
+        for ch in range(self._n_adc):
+            adc[ch] = self.adc_read(ch)
+        i2c = self.i2c_temp
+        for ch in range(self._n_i2c):
+            i2c[ch] = self.i2c_temp_read(ch)
+        mv = self.mv
+        ma = self.ma
+        pg = 0
+        for ch in range(self._n_rail):
+            mv[ch] = self.rail_mv(ch)
+            ma[ch] = self.rail_ma(ch)
+            if self.rail_power_good(ch):
+                pg |= 1 << ch
+        self.pg_mask = pg
+        plant = self.plant
+        lv = plant.d_level
+        m = 0
+        for ch in range(plant.n_digital):
+            if lv[ch]:
+                m |= 1 << ch
+        self.din_mask = m
 
     def watchdog_feed(self):
         self.watchdog_feeds = (self.watchdog_feeds + 1) & _MASK30

@@ -1,9 +1,12 @@
 """A fake HAL for driver tests: every channel is a slot in a plain list.
 
-Tests set inputs directly (``hal.din[3] = 1``, ``hal.pg[0] = 0``,
-``hal.ma[2] = 5000``) and read back what the drivers did (``hal.enabled``,
-``hal.dout``, ``hal.pwm``) or the ordered call log (``hal.log``, a list of
-``(method name, ch, value)`` tuples for the calls that drive hardware).
+Tests set the input image directly (``hal.din[3] = 1``, ``hal.pg[0] = 0``,
+``hal.ma[2] = 5000``, ``hal.adc[1] = 30000``) and read back what the drivers
+did (``hal.enabled``, ``hal.dout``, ``hal.pwm``) or the ordered call log
+(``hal.log``, a list of ``(method name, ch, value)`` tuples for the calls that
+drive hardware). ``din_mask`` and ``pg_mask`` are computed from the ``din``
+and ``pg`` lists on every read, so a test never has to call ``sample`` for a
+change to show (a real HAL refreshes them in ``sample``).
 
 ``pg_auto`` (default True): ``rail_enable(ch, on)`` also sets ``pg[ch] = on``,
 i.e. a rail reports power-good as soon as it is enabled; set it False (or a
@@ -21,13 +24,13 @@ class FakeHal(Hal):
     def __init__(self, channels=32):
         n = channels
         # inputs the test controls
-        self.din = [0] * n  # digital_in levels
-        self.adc = [0] * n  # adc_read raw values (or READ_ERROR)
-        self.i2c_temp = [0] * n  # i2c_temp_read raw registers (or READ_ERROR)
+        self.din = [0] * n  # digital input levels (din_mask bits)
+        self.adc = [0] * n  # raw ADC values (or READ_ERROR)
+        self.i2c_temp = [0] * n  # raw I2C temperature registers (or READ_ERROR)
         self.tach = [0] * n  # tach pulses returned (and cleared) by tach_pulses
-        self.pg = [0] * n  # rail_power_good
-        self.mv = [0] * n  # rail_mv (or READ_ERROR)
-        self.ma = [0] * n  # rail_ma (or READ_ERROR)
+        self.pg = [0] * n  # power-good levels (pg_mask bits)
+        self.mv = [0] * n  # rail mV (or READ_ERROR)
+        self.ma = [0] * n  # rail mA (or READ_ERROR)
         self.pg_auto = True
         # outputs the test inspects
         self.dout = [-1] * n  # last digital_out level, -1 = never written
@@ -63,6 +66,24 @@ class FakeHal(Hal):
             self.log.append((name, ch, v))
 
     # -- Hal -------------------------------------------------------------------------------
+    @property
+    def din_mask(self):
+        m = 0
+        d = self.din
+        for ch in range(len(d) if len(d) < 30 else 30):
+            if d[ch]:
+                m |= 1 << ch
+        return m
+
+    @property
+    def pg_mask(self):
+        m = 0
+        g = self.pg
+        for ch in range(len(g) if len(g) < 30 else 30):
+            if g[ch]:
+                m |= 1 << ch
+        return m
+
     def sample(self, now_us):
         self.calls += 1
         self.samples += 1

@@ -12,6 +12,7 @@ class ThermalFakeHal(Hal):
     def __init__(self, n_ch=8):
         self.adc = [32768] * n_ch  # raw ADC per channel (32768 = 25 °C on the NTC)
         self.i2c = [0x0C80] * n_ch  # raw register per channel (TMP117 25 °C)
+        self.i2c_temp = self.i2c  # the HAL's image name for the same list
         self.tach = [0] * n_ch  # pulses returned by every tach_pulses call
         self.pwm = [-1] * n_ch  # last duty written per channel (-1 never)
         self.pwm_writes = 0
