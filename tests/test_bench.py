@@ -41,6 +41,9 @@ def test_loop_bench_shape():
         for key in ("tick_us_mean", "tick_us_p50", "tick_us_p99", "tick_us_max", "calibration_us"):
             assert isinstance(r[key], int) and r[key] >= 0, (name, key, r)
         assert r["tick_us_p50"] <= r["tick_us_p99"] <= r["tick_us_max"]
+        # ratios: each tick against its own chunk's calibration (see host/bench/loop.py)
+        assert 0 < r["tick_ratio_p50"] <= r["tick_ratio_p99"], (name, r)
+        assert 0 < r["calibration_us_min"] <= r["calibration_us"], (name, r)
     for name in ("micropython-unix", "micropython-wasm"):
         assert rt[name]["allocs_per_tick"] == 0.0
         assert rt[name]["memory_error"] is False

@@ -6,19 +6,27 @@ calibration, UART pins, the maintenance timer). Built once from the board's
 ``PINS``; every method the tick calls is allocation-free (preallocated arrays
 and lists of ``machine`` objects, ints only). Conversions:
 
-    adc_read        ADC.read_u16(): the 16-bit fraction of the ADC reference;
-                    a board whose ADC is not ratiometric overrides it
-    i2c_temp_read   temperature register 0x00 (TMP117, LM75), big-endian 16
+Input image (refreshed by ``sample`` at the start of every tick, see core/hal.py):
+
+    adc[ch]         ADC.read_u16(): the 16-bit fraction of the ADC reference;
+                    a board whose ADC is not ratiometric overrides
+                    ``_sample_adc``
+    i2c_temp[ch]    temperature register 0x00 (TMP117, LM75), big-endian 16
                     bits; 0x8000 (TMP117 power-on value, no conversion yet;
                     -128 °C on an LM75) and a bus error (OSError: NACK,
                     timeout) read READ_ERROR; a device that failed is not
-                    asked again for I2C_RETRY_READS reads
+                    asked again for I2C_RETRY_READS samples
+    din_mask        bit ch = Pin.value() xor the channel's ``invert``
+    pg_mask         bit ch = the rail's power-good pin
+    mv[ch], ma[ch]  READ_ERROR: no monitors fitted on the boards so far
+
+Outputs and counters:
+
     pwm_set         per-mille -> duty_u16 (x 65535 // 1000 <= 65.5e6: a
                     small int even on the 32-bit VM), written on change only
     tach_pulses     falling edges counted by a hard Pin IRQ into an
                     array('i') (mod 2**28), difference since the last call
-    rail_mv/_ma     READ_ERROR: no monitors fitted on the boards so far
-    digital_*       Pin.value() xor the channel's ``invert``
+    digital_out     Pin.value(level xor invert), output lines only
 
 Host link (``StreamLink``): the REPL's stdio (sys.stdin/stdout: USB-CDC on
 the Pico, UART0 on the ESP32 DevKit) by default, or a ``machine.UART`` when
@@ -52,7 +60,7 @@ from machine import ADC, I2C, PWM, UART, WDT, Pin, Timer
 from metal.boards.common.board import RESET_COMMANDED
 from metal.core.compat import const, ticks_diff
 from metal.core.config import DIR_OUT, PULL_DOWN, PULL_UP
-from metal.core.hal import READ_ERROR, Hal
+from metal.core.hal import MAX_DIGITAL_CH, READ_ERROR, Hal
 
 TACH_MASK = const(0x0FFFFFFF)  # counter period 2**28: count + 1 stays a small int in the IRQ
 BREAK_GAP_US = const(20000)  # silence that makes the next byte a frame boundary
@@ -156,14 +164,17 @@ class MachineHal(Hal):
     """The HAL over ``machine`` for a board's ``PINS`` (see the module docstring).
 
     Port hooks a board's subclass may override (start-up only, except
-    ``adc_read``): ``_make_adc(gpio)``, ``_make_uart(uid, tx, rx, baud)``,
-    ``adc_read(ch)`` and ``MAINT_TIMER_ID``.
+    ``_sample_adc``): ``_make_adc(gpio)``, ``_make_uart(uid, tx, rx, baud)``,
+    ``_sample_adc()`` and ``MAINT_TIMER_ID``.
     """
 
     MAINT_TIMER_ID = -1  # the maintenance feed timer: -1 = a virtual (software) timer
 
     def __init__(self, pins):
         self.pins = pins
+        if len(pins.digital) > MAX_DIGITAL_CH or len(pins.rail_pg) > MAX_DIGITAL_CH:
+            raise ValueError("at most " + str(MAX_DIGITAL_CH) + " digital and rail channels")
+        self.claim_inputs(len(pins.adc), len(pins.i2c_addr), len(pins.rail_en))
         # Rails: every enable low before anything else runs.
         self._rail_en = []  # type: list[Pin]
         self._rail_pg = []  # type: list[Pin]
@@ -232,6 +243,24 @@ class MachineHal(Hal):
     # -- time and housekeeping ---------------------------------------------
     def sample(self, now_us):
         self.link.now_us = now_us
+        self._sample_adc()
+        i2c = self.i2c_temp
+        for ch in range(len(i2c)):
+            i2c[ch] = self._read_i2c(ch)
+        m = 0
+        dig = self._dig
+        inv = self._dig_inv
+        for ch in range(len(dig)):
+            if dig[ch].value() ^ inv[ch]:
+                m |= 1 << ch
+        self.din_mask = m
+        m = 0
+        pg = self._rail_pg
+        for ch in range(len(pg)):
+            if pg[ch].value():
+                m |= 1 << ch
+        self.pg_mask = m
+        # mv/ma keep READ_ERROR: no rail monitors fitted (see the module docstring)
 
     def start_watchdog(self):
         """Arm the watchdog (board_main, right before the loop starts).
@@ -266,15 +295,14 @@ class MachineHal(Hal):
             self._maint_timer = Timer(self.MAINT_TIMER_ID, mode=Timer.PERIODIC,
                                       period=MAINT_FEED_MS, callback=feed)
 
-    # -- analog and digital inputs ---------------------------------------------
-    def adc_read(self, ch):
-        if ch < 0 or ch >= len(self._adc):
-            return READ_ERROR
-        return self._adc[ch].read_u16()
+    # -- input sampling (inside sample) ---------------------------------------
+    def _sample_adc(self):
+        adc = self.adc
+        a = self._adc
+        for ch in range(len(a)):
+            adc[ch] = a[ch].read_u16()
 
-    def i2c_temp_read(self, ch):
-        if ch < 0 or ch >= len(self._i2c_addr):
-            return READ_ERROR
+    def _read_i2c(self, ch):
         skip = self._i2c_skip[ch]
         if skip:
             self._i2c_skip[ch] = skip - 1
@@ -293,11 +321,6 @@ class MachineHal(Hal):
         if raw == NO_DATA:
             return READ_ERROR
         return raw
-
-    def digital_in(self, ch):
-        if ch < 0 or ch >= len(self._dig):
-            return 0
-        return self._dig[ch].value() ^ self._dig_inv[ch]
 
     def digital_out(self, ch, level):
         if ch < 0 or ch >= len(self._dig) or not self._dig_out[ch]:
@@ -334,17 +357,6 @@ class MachineHal(Hal):
     def rail_enable(self, ch, on):
         if 0 <= ch < len(self._rail_en):
             self._rail_en[ch].value(1 if on else 0)
-
-    def rail_power_good(self, ch):
-        if ch < 0 or ch >= len(self._rail_pg):
-            return 0
-        return self._rail_pg[ch].value()
-
-    def rail_mv(self, ch):
-        return READ_ERROR  # no voltage monitor fitted
-
-    def rail_ma(self, ch):
-        return READ_ERROR  # no current monitor fitted
 
     # -- host link ---------------------------------------------------------------------
     def serial_read(self, buf, start, max_n):

@@ -38,7 +38,7 @@ Wiring assumptions, chosen so a broken wire fails safe:
   inverting transistor stage); tachometers are open-collector, 2 pulses/rev.
 
 Not fitted on this board, honestly reported: no rail voltage or current
-monitors (``rail_mv``/``rail_ma`` return READ_ERROR, so telemetry shows 0 and
+monitors (the image's ``mv``/``ma`` hold READ_ERROR, so telemetry shows 0 and
 no overcurrent is configured -- power-good alone protects the rails).
 
 Channel namespaces (as in boards/sim): adc, i2c, pwm/tach (fan n uses pwm ch

@@ -4,10 +4,10 @@ Everything is common/machine_hal.py's ``MachineHal`` (its docstring has the
 conversions, the host link and the maintenance break-in); the Pico needs no
 override. What that means on this board:
 
-    adc_read        ADC.read_u16(): 12-bit sample scaled to 0..65535, read
+    adc[ch]         ADC.read_u16(): 12-bit sample scaled to 0..65535, read
                     against ADC_VREF (the thermistor dividers' supply), so it
                     is ratiometric as drivers/ntc.py expects
-    i2c_temp_read   TMP117 (0x8000: no conversion yet reads READ_ERROR)
+    i2c_temp[ch]    TMP117 (0x8000: no conversion yet reads READ_ERROR)
     pwm_set         hardware PWM slices, 25 kHz
     host link       USB-CDC through sys.stdin/stdout (break-in detected), or
                     a machine.UART with Pin objects when ``PINS.uart`` names one

@@ -71,7 +71,7 @@ def test_every_channel_has_a_pin():
 
 
 def test_no_current_monitors_so_no_overcurrent_limits():
-    # rail_mv/rail_ma return READ_ERROR on this board: an overcurrent limit would be a lie.
+    # the image's mv/ma hold READ_ERROR on this board: an overcurrent limit would be a lie.
     assert all(r.overcurrent_ma == 0 for r in make_config().rails)
 
 
