@@ -3,9 +3,25 @@
 Reference part: 10 kΩ at 25 °C, B = 3950, with a 10 kΩ pull-up to the ADC
 reference and the thermistor to ground, read by a 16-bit ADC (0..65535).
 The table holds (raw, m°C) pairs every 5 °C from -40 °C to 150 °C, computed
-once from the B equation (see tests/test_ntc.py for the check); between points
-the conversion interpolates linearly in integers, so it neither allocates nor
-uses floats. Raw falls as temperature rises.
+once from the B equation (tests/drivers/test_ntc.py checks it against the
+equation); between points the conversion interpolates linearly in integers,
+so it neither allocates nor uses floats. Raw falls as temperature rises.
+
+The per-tick conversion (SensorBank.step writes it out inline) finds the
+segment without a search: the raw value's top bits index ``SEG_OF``, which
+names the segment of that 128-count bucket's largest value; every segment is
+longer than a bucket, so the reading lies in that segment or the next one
+(one compare). Inside a segment one division interpolates::
+
+    raw in (TABLE_RAW_HOT, TABLE_RAW_COLD)      (1283 .. 63944 exclusive)
+      k  = SEG_OF[raw >> SEG_SHIFT]
+      k += 1 if raw <= SEG_LOW[k]                (crossed into the next one)
+      mc = (SEG_NUM[k] - raw * STEP_MC) // SEG_DEN[k]
+
+``SEG_NUM[k] = mc_k * draw_k + STEP_MC * raw_k`` folds the segment's start
+into the numerator: ``mc_k + STEP_MC * (raw_k - raw) // draw_k`` is the same
+floor, because ``mc_k * draw_k`` is a multiple of the divisor. So it returns
+exactly what the textbook search-and-interpolate did, for every raw value.
 """
 
 from array import array
@@ -52,39 +68,65 @@ _DRAW = array("i", [_RAW[k] - _RAW[k + 1] for k in range(_N - 1)])  # > 0
 _DMC = array("i", [_MC[k + 1] - _MC[k] for k in range(_N - 1)])
 
 
-def _make_index():
-    # _INDEX[b] = the first segment (k: _RAW[k] >= raw > _RAW[k + 1]) that can
-    # hold a raw reading in [b * 256, b * 256 + 255], i.e. the segment of the
-    # bucket's largest value. Start-up only.
-    idx = bytearray(256)
-    for b in range(256):
-        top = b * 256 + 255
-        k = 0
-        while k < _N - 2 and _RAW[k + 1] >= top:
-            k += 1
-        idx[b] = k
-    return idx
+# -- the per-tick conversion tables (start-up only; see the module docstring) --
+
+SEG_SHIFT = const(7)  # bucket = raw >> 7: 128 counts, shorter than every segment
+STEP_MC = const(5000)  # m°C between table points
+
+TABLE_RAW_COLD = _RAW[0]  # at or above: the table's coldest point (clamped)
+TABLE_RAW_HOT = _RAW[_N - 1]  # at or below: the table's hottest point (clamped)
+TABLE_MC_COLD = _MC[0]
+TABLE_MC_HOT = _MC[_N - 1]
+
+SEG_LOW = array("i", [_RAW[k + 1] for k in range(_N - 1)])  # segment k: SEG_LOW[k] < raw <= _RAW[k]
+SEG_DEN = _DRAW
+SEG_NUM = array("i", [_MC[k] * _DRAW[k] + STEP_MC * _RAW[k] for k in range(_N - 1)])
 
 
-_INDEX = _make_index()
+def _make_seg_of():
+    # SEG_OF[b] = the segment of the largest raw value of bucket b (the one with
+    # the smallest index among those the bucket touches), clamped to the table:
+    # the smallest k with _RAW[k + 1] < top, at most _N - 2. Raw falls as k
+    # grows, so one walk down from the hot end fills every bucket.
+    seg_of = bytearray(65536 >> SEG_SHIFT)
+    k = _N - 2
+    for b in range(len(seg_of)):
+        top = (b << SEG_SHIFT) + (1 << SEG_SHIFT) - 1
+        while k > 0 and _RAW[k] < top:
+            k -= 1
+        seg_of[b] = k
+    return seg_of
+
+
+def _check_tables():
+    # What the one-compare segment pick and the folded numerator rely on. The
+    # table is fixed, so this only fails when someone edits it: at import, on
+    # the bench, not in a tick.
+    for k in range(_N - 1):
+        if _DMC[k] != STEP_MC:
+            raise ValueError("ntc: table points must be STEP_MC apart")
+        if _DRAW[k] < (1 << SEG_SHIFT):
+            raise ValueError("ntc: a segment is shorter than a SEG_OF bucket")
+        if abs(SEG_NUM[k]) + 65536 * STEP_MC > 0x3FFFFFFF:  # the largest small int
+            raise ValueError("ntc: segment numerator would leave the small-int range")
+    if not RAW_SHORT < TABLE_RAW_HOT < TABLE_RAW_COLD < RAW_OPEN:
+        raise ValueError("ntc: the table must lie between RAW_SHORT and RAW_OPEN")
+
+
+SEG_OF = _make_seg_of()
+_check_tables()
 
 
 def adc_to_mc(raw):
     """m°C for a raw reading, clamped to the table's ends."""
-    r = _RAW
-    if raw >= r[0]:
-        return _MC[0]
-    if raw <= r[_N - 1]:
-        return _MC[_N - 1]
-    # Find the segment k with _RAW[k] >= raw > _RAW[k + 1]. The top byte of raw
-    # picks a starting segment that is never past the right one; at most two
-    # segment ends fall inside one 256-count bucket, so the walk is 0..2 steps
-    # (a binary search took 5..6).
-    k = _INDEX[raw >> 8]
-    while r[k + 1] >= raw:
+    if raw >= TABLE_RAW_COLD:
+        return TABLE_MC_COLD
+    if raw <= TABLE_RAW_HOT:
+        return TABLE_MC_HOT
+    k = SEG_OF[raw >> SEG_SHIFT]
+    if raw <= SEG_LOW[k]:
         k += 1
-    # _DMC is 5000 and (r[k] - raw) < 2**16: the product stays below 2**30.
-    return _MC[k] + _DMC[k] * (r[k] - raw) // _DRAW[k]
+    return (SEG_NUM[k] - raw * STEP_MC) // SEG_DEN[k]
 
 
 def mc_to_adc(mc):

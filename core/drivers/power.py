@@ -75,19 +75,46 @@ rail i, the dependents that were on or wanted on at the request, and any
 missing parents (like ``request_on``). A lockout active when the off time ends
 cancels the way back up.
 
-Measurements: ``step()`` reads every rail's mV and mA once per tick into
-``mv``/``ma`` (clamped to 0..65535 for the uint16 telemetry fields). A read
-error (READ_ERROR) reports 0 and counts in ``read_errors``; it never faults a
-rail -- a dead current monitor must not power the machine down, and power-good
-still protects the rail. ``publish()`` copies rail states and fault reasons
-into the signal board (``rail_fault`` is the RF_* reason while the rail is in
-FAULT, else RF_NONE); call it every tick after ``step()``.
+Measurements: ``step()`` takes every rail's mV and mA from the HAL's input
+image (``hal.mv[ch]``, ``hal.ma[ch]``, refreshed by ``hal.sample``) once per
+tick into ``mv``/``ma`` (clamped to 0..65535 for the uint16 telemetry fields),
+and power-good from ``hal.pg_mask`` (bit ``ch``). A read error (READ_ERROR)
+reports 0 and counts in ``read_errors`` (once per failed reading per tick); it
+never faults a rail -- a dead current monitor must not power the machine down,
+and power-good still protects the rail. ``publish()`` copies rail states and
+fault reasons into the signal board (``rail_fault`` is the RF_* reason while
+the rail is in FAULT, else RF_NONE); call it every tick after ``step()``.
+
+Steady-state cost. Most ticks nothing moves: every rail settled, power-good
+present, currents under their limits. ``step()`` is then O(1) in the number of
+rails, and every skip rests on an invariant:
+
+* measurements: the image arrays are compared with a copy of what the last
+  measurement read (one C-level compare each). Equal images give the same
+  ``mv``/``ma`` and the same read errors as last tick, so only the error
+  count is added again. (Monitors that are absent or refreshed slower than
+  the tick leave the image unchanged between refreshes.)
+* power-good: one mask compare, ``pg_mask & need == need``, where ``need``
+  has the power-good bit of every rail in ON (kept by ``_set_state``).
+* overcurrent: a new image is compared with the limits while it is copied
+  (one compare per rail); an unchanged image only needs a look when the set
+  of ON rails changed (a loop over the monitored rails, ``overcurrent_ma`` >
+  0), since every rail ON at the last check passed with these currents.
+  Any doubt -- a missing power-good bit or a current over a limit -- runs
+  the exact per-rail monitor pass in index order, so who is blamed and in
+  what order is the same.
+* sequencer (lockout, transition, cycles, next start): runs only while
+  ``_seq_dirty`` (set by every request, every state change, a transition or
+  cycle in progress) or when ``lockout`` changed; a pass that finds nothing
+  to do clears it. Those sections only depend on time while a rail is
+  settling or a cycle runs, and both keep the flag set.
+* ``publish()`` writes the signals only after a state or reason changed.
 """
 
 from array import array
 
 from metal.core.compat import const, ticks_diff
-from metal.core.hal import READ_ERROR
+from metal.core.hal import READ_ERROR, check_channel, check_mask_channel
 from metal.core.proto import (
     EV_POWER_STATE,
     EV_RAIL_STATE,
@@ -122,6 +149,17 @@ DEFAULT_CYCLE_OFF_MS = const(1000)
 # Longest accepted cycle off time: well inside ticks_diff's half range (2**29 ms).
 MAX_CYCLE_OFF_MS = const(3600000)
 _MV_MAX = const(65535)
+
+
+class _SliceOf:
+    def __getitem__(self, s):
+        return s
+
+
+# A reusable ``[:]``: ``a[_ALL] = b`` copies b into a in C without building a
+# slice object per call (``a[:] = b`` allocates one).
+_ALL = _SliceOf()[:]
+
 
 # cycle phases (per cycle root rail)
 _CYC_NONE = const(0)
@@ -170,10 +208,45 @@ class PowerController:
         self.read_errors = 0
         self.now_ms = 0  # time of the last step()
 
+        # the input image (the HAL never replaces these arrays; pg_mask is an
+        # int that sample() reassigns, so it is read through the hal each tick)
+        self._hal = hal
+        self._hmv = hal.mv
+        self._hma = hal.ma
+        for i in range(n):
+            c = self.ch[i]
+            check_channel(self._hmv, c, "power: " + rails[i].name + " mv")
+            check_channel(self._hma, c, "power: " + rails[i].name + " ma")
+            check_mask_channel(c, "power: " + rails[i].name + " power-good")
+        # fast-path bookkeeping (see the module docstring)
+        self._snap_mv = self._hmv[:]  # the image as the last measurement read it
+        self._snap_ma = self._hma[:]
+        self._measured = 0  # the snapshots are valid (set by the first step)
+        self._errs = 0  # read errors in the last measured image
+        n_oc = 0
+        for i in range(n):
+            if self.overcurrent_ma[i] > 0:
+                n_oc += 1
+        self._oc_i = bytearray(n_oc)  # monitored rails, ascending
+        self._oc_lim = array("i", [0] * n_oc)
+        # per rail: the current above which it may be over its limit (a
+        # limit of 0 is "not monitored": never)
+        self._oc_max = array("i", [0x3FFFFFFF] * n)
+        k = 0
+        for i in range(n):
+            if self.overcurrent_ma[i] > 0:
+                self._oc_i[k] = i
+                self._oc_lim[k] = self.overcurrent_ma[i]
+                self._oc_max[i] = self.overcurrent_ma[i]
+                k += 1
+        self._on_rails = 0  # bit i: rail i is ON
+        self._on_pg = 0  # bit ch: the power-good a rail in ON needs
+        self._oc_on = 0  # _on_rails when overcurrent was last checked
+        self._seq_dirty = 0  # the sequencer sections may have work
+        self._lockout_seen = 0  # lockout as the sequencer last saw it
+        self._pub_dirty = 1  # a state or reason changed since publish()
+
         self._enable = hal.rail_enable
-        self._pg = hal.rail_power_good
-        self._read_mv = hal.rail_mv
-        self._read_ma = hal.rail_ma
         self._push = events.push
         self._sig = signals.v
         self._sig_state0 = signals.rail_state0
@@ -237,7 +310,7 @@ class PowerController:
                 self.cyc_root[j] = i + 1
         self.cyc_back[i] = 1
         self._want_subtree_off(RF_NONE)
-        self.cyc[i] = _CYC_DOWN
+        self.cyc[i] = _CYC_DOWN  # (_want_subtree_off woke the sequencer)
         self.cyc_off_ms[i] = off_ms
         if self.state[i] == RAIL_FAULT:
             self._set_state(i, RAIL_OFF, RF_NONE)
@@ -253,6 +326,7 @@ class PowerController:
                 return R_BUSY
         for j in range(self.n):
             self.want[j] = 1
+        self._seq_dirty = 1
         return R_OK
 
     def power_off_all(self, reason=RF_NONE):
@@ -263,6 +337,7 @@ class PowerController:
             self.cyc[j] = _CYC_NONE
             self.cyc_root[j] = 0
             self.cyc_back[j] = 0
+        self._seq_dirty = 1
         return R_OK
 
     def shed(self, i, reason=RF_SHED):
@@ -291,54 +366,134 @@ class PowerController:
             self.cyc_root[j] = 0
             self.cyc_back[j] = 0
         self.active = -1
+        self._seq_dirty = 1
         self._update_power_state()
         return R_OK
 
     # -- tick ---------------------------------------------------------------------
     def step(self, now_ms):
-        # Runs every tick for every rail: arrays in locals, and the parts that
-        # only matter while something moves (cycles, the sequencer, the
-        # power-state summary) cost one test when nothing does.
+        # Runs every tick: arrays in locals, and every part that only matters
+        # when something moved costs one compare when nothing did (module doc).
         self.now_ms = now_ms
+        hmv = self._hmv
+        hma = self._hma
+        mas = self.ma
+
+        # 1. measure and monitor, parents before dependents (ascending index), so a
+        #    collapsed parent is the one blamed and its dependents go RF_PARENT.
+        # Every ON rail needs its power-good bit, and a rail over its current
+        # limit may need a fault: either doubt runs the exact per-rail pass.
+        over = 0
+        if self._measured and hma == self._snap_ma and hmv == self._snap_mv:
+            # same image as last tick: mv/ma already hold it; its errors count again
+            errors = self._errs
+            if self._on_rails != self._oc_on:  # rails newly ON: check them
+                oci = self._oc_i
+                ocl = self._oc_lim
+                for k in range(len(oci)):
+                    if mas[oci[k]] > ocl[k]:
+                        over = 1
+                        break
+        else:
+            chs = self.ch
+            mvs = self.mv
+            lim = self._oc_max
+            seen = 0
+            for i in range(self.n):
+                c = chs[i]
+                v = hmv[c]
+                a = hma[c]
+                mvs[i] = v
+                mas[i] = a
+                seen |= v | a
+                if a > lim[i]:  # (raw: the same verdict as the clamped value)
+                    over = 1
+            errors = 0
+            if seen >> 16:  # a reading outside 0..65535 (READ_ERROR is negative)
+                errors = self._clamp()
+            self._errs = errors
+            self._snap_mv[_ALL] = hmv
+            self._snap_ma[_ALL] = hma
+            self._measured = 1
+        if errors:
+            self.read_errors = (self.read_errors + errors) & 0x3FFFFFFF
+        pg = self._hal.pg_mask
+        need = self._on_pg
+        if over or (pg & need) != need:
+            self._monitor(pg)
+        self._oc_on = self._on_rails  # every rail ON now passed with these currents
+
+        # 2.-5. lockout, transition, cycles, next start: only while something moves
+        lk = self.lockout
+        if self._seq_dirty or lk != self._lockout_seen:
+            self._lockout_seen = lk
+            self._sequence(now_ms)
+
+        if self._state_changed:
+            self._update_power_state()
+
+    def publish(self):
+        """Rail states and fault reasons into the signal board (written only
+        after a change: every change of either goes through ``_set_state`` or
+        ``_fault``, which mark them)."""
+        if not self._pub_dirty:
+            return
+        self._pub_dirty = 0
+        v = self._sig
+        s0 = self._sig_state0
+        f0 = self._sig_fault0
+        st = self.state
+        fault = self.fault
+        for i in range(self.n):
+            v[s0 + i] = st[i]
+            v[f0 + i] = fault[i]
+
+    # -- monitoring and sequencing (the parts of step() that run on change) ----------
+    def _clamp(self):
+        """Clamp the raw readings just copied into mv/ma to 0..65535; return how
+        many were READ_ERROR."""
+        errors = 0
+        mvs = self.mv
+        mas = self.ma
+        for i in range(self.n):
+            v = mvs[i]
+            if v < 0:
+                if v == READ_ERROR:
+                    errors += 1
+                mvs[i] = 0
+            elif v > _MV_MAX:
+                mvs[i] = _MV_MAX
+            a = mas[i]
+            if a < 0:
+                if a == READ_ERROR:
+                    errors += 1
+                mas[i] = 0
+            elif a > _MV_MAX:
+                mas[i] = _MV_MAX
+        return errors
+
+    def _monitor(self, pg):
+        """The per-rail check: an ON rail without power-good faults RF_PG_LOST,
+        else one over its current limit RF_OVERCURRENT. A READ_ERROR current
+        reads 0 here and the limits are > 0, so a dead monitor never faults."""
+        st = self.state
+        chs = self.ch
+        ocs = self.overcurrent_ma
+        mas = self.ma
+        for i in range(self.n):
+            if st[i] == RAIL_ON:
+                if not (pg >> chs[i]) & 1:
+                    self._fault(i, RF_PG_LOST)
+                elif ocs[i] and mas[i] > ocs[i]:
+                    self._fault(i, RF_OVERCURRENT)
+
+    def _sequence(self, now_ms):
+        # Cleared first: a state change below marks it again (one more pass
+        # next tick), and a rail settling or a cycle running keeps it set.
+        self._seq_dirty = 0
         n = self.n
         st = self.state
         want = self.want
-        # 1. measure and monitor, parents before dependents (ascending index), so a
-        #    collapsed parent is the one blamed and its dependents go RF_PARENT.
-        chs = self.ch
-        mvs = self.mv
-        mas = self.ma
-        ocs = self.overcurrent_ma
-        read_mv = self._read_mv
-        read_ma = self._read_ma
-        errors = 0
-        for i in range(n):
-            ch = chs[i]
-            v = read_mv(ch)
-            if v < 0:  # READ_ERROR is negative too: one test on the common path
-                if v == READ_ERROR:
-                    errors += 1
-                v = 0
-            elif v > _MV_MAX:
-                v = _MV_MAX
-            mvs[i] = v
-            a = read_ma(ch)
-            ma_ok = 1
-            if a < 0:
-                if a == READ_ERROR:
-                    ma_ok = 0
-                    errors += 1
-                a = 0
-            elif a > _MV_MAX:
-                a = _MV_MAX
-            mas[i] = a
-            if st[i] == RAIL_ON:
-                if not self._pg(ch):
-                    self._fault(i, RF_PG_LOST)
-                elif ma_ok and ocs[i] and a > ocs[i]:
-                    self._fault(i, RF_OVERCURRENT)
-        if errors:
-            self.read_errors = (self.read_errors + errors) & 0x3FFFFFFF
 
         # 2. a lockout drops every power-up not yet done (rails already ON stay:
         #    powering down is the firmware's separate lockout action).
@@ -357,7 +512,7 @@ class PowerController:
                     self._enable(self.ch[a], 0)
                     self._set_state(a, RAIL_SEQ_OFF, self.down_reason[a])
                     self.t0[a] = now_ms
-                elif self._pg(self.ch[a]):
+                elif (self._hal.pg_mask >> self.ch[a]) & 1:
                     self._set_state(a, RAIL_ON, RF_NONE)
                     self.active = -1
                 elif ticks_diff(now_ms, self.t0[a]) >= self.pg_timeout_ms[a]:
@@ -387,19 +542,11 @@ class PowerController:
         if self.active < 0:
             self._start_next(now_ms)
 
-        if self._state_changed:
-            self._update_power_state()
-
-    def publish(self):
-        """Rail states and fault reasons into the signal board."""
-        v = self._sig
-        s0 = self._sig_state0
-        f0 = self._sig_fault0
-        st = self.state
-        fault = self.fault
-        for i in range(self.n):
-            v[s0 + i] = st[i]
-            v[f0 + i] = fault[i]
+        # time still matters while a rail settles or a cycle runs
+        if self.active >= 0:
+            self._seq_dirty = 1
+        elif sum(cyc):
+            self._seq_dirty = 1
 
     # -- internals ------------------------------------------------------------------
     def _busy(self, j):
@@ -422,9 +569,26 @@ class PowerController:
             return
         self.state[i] = new
         self._state_changed = 1
+        self._seq_dirty = 1
+        self._pub_dirty = 1
+        if new == RAIL_ON or old == RAIL_ON:
+            self._track_on()
         if new != RAIL_FAULT:
             self.fault[i] = RF_NONE
         self._push(EV_RAIL_STATE, i, new, reason)
+
+    def _track_on(self):
+        """Masks of the rails in ON (by index) and of the power-good bits they need."""
+        st = self.state
+        chs = self.ch
+        on = 0
+        need = 0
+        for j in range(self.n):
+            if st[j] == RAIL_ON:
+                on |= 1 << j
+                need |= 1 << chs[j]
+        self._on_rails = on
+        self._on_pg = need
 
     def _mark_subtree(self, i):
         """_mark[j] = 1 for rail i and every rail that depends on it."""
@@ -438,6 +602,7 @@ class PowerController:
                 m[j] = 1
 
     def _want_chain_on(self, i):
+        self._seq_dirty = 1
         j = i
         while j >= 0:
             self.want[j] = 1
@@ -445,6 +610,7 @@ class PowerController:
 
     def _want_subtree_off(self, reason):
         """Want off every rail in _mark."""
+        self._seq_dirty = 1
         m = self._mark
         for j in range(self.n):
             if m[j]:
@@ -453,6 +619,7 @@ class PowerController:
 
     def _cancel_cycles_in_mark(self):
         """Rails in _mark will not come back from a cycle; cycles rooted there end."""
+        self._seq_dirty = 1
         m = self._mark
         n = self.n
         for j in range(n):
@@ -466,6 +633,7 @@ class PowerController:
                             self.cyc_root[k] = 0
 
     def _finish_cycle(self, r):
+        self._seq_dirty = 1
         self.cyc[r] = _CYC_NONE
         root = r + 1
         back = 0
@@ -485,6 +653,8 @@ class PowerController:
         self._enable(self.ch[i], 0)
         self._set_state(i, RAIL_FAULT, reason)
         self.fault[i] = reason
+        self._pub_dirty = 1
+        self._seq_dirty = 1
         self.want[i] = 0
         self._mark_subtree(i)
         m = self._mark

@@ -1,15 +1,34 @@
 """Physical security: tamper switch, door, e-stop, door lock, arming.
 
-Inputs (channels from ``config.Security``, -1 = not fitted, active-high after
-the HAL; any nonzero sample reads as 1, so a HAL returning READ_ERROR for a
-dead input asserts it -- fail-safe for e-stop and tamper): tamper (1 = switch
-open), door (1 = open), e-stop (1 = pressed), lock sense (1 = bolt locked).
-Each is debounced with the integrator used by ``gpio.GpioBank`` (counter
-0..``debounce_ticks``, the level flips only at the ends: a clean edge shows
-after exactly ``debounce_ticks`` samples). The first ``step()`` primes every
-input at its sample; the assumed previous state is "all clear" (0), so a
-tamper switch open at boot is latched and reported, and an open door or a
-pressed e-stop at boot is reported, at the first tick.
+Inputs (channels from ``config.Security``, -1 = not fitted, 0..29 otherwise,
+checked in ``__init__``; active-high after the HAL): tamper (1 = switch open),
+door (1 = open), e-stop (1 = pressed), lock sense (1 = bolt locked). The raw
+sample is bit ``ch`` of the HAL's input image ``hal.din_mask`` (refreshed by
+``hal.sample()`` at the start of the tick; a HAL that reports a dead input as
+1 asserts it -- fail-safe for e-stop and tamper). Each is debounced with the
+integrator used by ``gpio.GpioBank`` (counter 0..``debounce_ticks``, the level
+flips only at the ends: a clean edge shows after exactly ``debounce_ticks``
+samples). The first ``step()`` primes every input at its sample; the assumed
+previous state is "all clear" (0), so a tamper switch open at boot is latched
+and reported, and an open door or a pressed e-stop at boot is reported, at
+the first tick.
+
+Steady state (why most ticks cost a handful of int operations): the
+controller keeps ``_hi_ch`` / ``_lo_ch`` (channel masks of the fitted inputs
+whose debounced level is 1 / 0) and ``_settling`` (bit k: input k's counter
+is strictly between its ends; bit ``_UNPRIMED`` until the first step). An
+input that is not settling has its counter at the end matching its level, so
+a sample equal to the level changes nothing. With no lock drive pending and
+no lock sense awaited (``lock_drive``, ``lock_waiting``), a tick where::
+
+    ((d & _lo_ch) | (_hi_ch & ~d) | _settling) == 0      (d = hal.din_mask)
+
+changes no counter, level, flag or signal and ``step()`` returns at once.
+The lock fault needs no per-tick look either: it is set only while the sense
+differs from the command, and only a level change (slow path) or a new
+command (which clears it) can make them agree. The three signals are written
+only by this controller (here and in ``set_soft_estop``), so they stay
+current without a store on the quiet ticks.
 
 Tamper latch::
 
@@ -62,14 +81,15 @@ Boot: nothing moves the bolt. At the first tick the commanded level becomes
 the sensed one (or "locked" when no sense is fitted: fail-secure after a
 reboot) and the output is driven to it.
 
-``step(now_ms)`` runs once per tick and publishes G_TAMPER, G_DOOR_OPEN and
-G_ESTOP into the signal board.
+``step(now_ms)`` runs once per tick and keeps G_TAMPER, G_DOOR_OPEN and
+G_ESTOP in the signal board current (written on every tick that does work).
 """
 
 from array import array
 
 from metal.core.compat import const, ticks_diff
 from metal.core.config import ACT_NONE
+from metal.core.hal import check_mask_channel
 from metal.core.proto import (
     EV_ARMED,
     EV_DOOR,
@@ -95,6 +115,8 @@ IN_DOOR = const(1)
 IN_ESTOP = const(2)
 IN_LOCK = const(3)
 _N_IN = const(4)
+_UNPRIMED = const(1 << _N_IN)  # _settling bit: the first step has not run
+_NAMES = ("tamper", "door", "estop", "lock sense")
 
 
 class SecurityController:
@@ -105,6 +127,9 @@ class SecurityController:
         if cfg.lock_timeout_ms <= 0:
             raise ValueError("security: lock_timeout_ms must be positive")
         self.ch = array("i", [cfg.tamper_ch, cfg.door_ch, cfg.estop_ch, cfg.lock_sense_ch])
+        for k in range(_N_IN):
+            if self.ch[k] >= 0:  # (any negative channel reads as not fitted, as in step)
+                check_mask_channel(self.ch[k], "security " + _NAMES[k])
         self.debounce_ticks = cfg.debounce_ticks
         self.count = bytearray(_N_IN)
         self.level = bytearray(_N_IN)  # debounced, 0 for an input not fitted
@@ -121,8 +146,11 @@ class SecurityController:
         self.lock_waiting = 0  # 1 while the sense has to follow
         self.lock_t0 = 0
         self.lock_fault = 0
-        self._primed = 0
-        self._din = hal.digital_in
+        self._hal = hal  # din_mask is read through it: sample() reassigns the int
+        # the steady-state masks (see the module docstring)
+        self._hi_ch = 0
+        self._lo_ch = 0
+        self._settling = _UNPRIMED
         self._dout = hal.digital_out
         self._push = events.push
         self._sig = signals.v
@@ -190,31 +218,57 @@ class SecurityController:
 
     # -- tick -----------------------------------------------------------------------
     def step(self, now_ms):
-        top = self.debounce_ticks
-        if not self._primed:
-            self._prime()
+        # Fast path: every fitted input equals its debounced level, no
+        # integrator is between its ends, the lock is neither to be driven nor
+        # awaited -- then the work below would change nothing (module
+        # docstring, "Steady state").
+        d = self._hal.din_mask
+        if ((d & self._lo_ch) | (self._hi_ch & ~d) | self._settling
+                | self.lock_drive | self.lock_waiting):
+            self._update(d, now_ms)
+
+    def _update(self, d, now_ms):
+        """The work of a tick where an input differs or settles, or the lock moves."""
+        if self._settling & _UNPRIMED:
+            self._prime(d)
         else:
-            # every input on every tick: arrays in locals
+            # only the inputs that differ from their level or are settling
+            top = self.debounce_ticks
             chs = self.ch
             count = self.count
             level = self.level
-            din = self._din
+            settling = self._settling
+            changed = 0
             for k in range(_N_IN):
                 ch = chs[k]
                 if ch < 0:
                     continue
+                bit = 1 << k
+                raw = (d >> ch) & 1
+                if raw == level[k] and not settling & bit:
+                    continue  # at the end matching the sample: nothing moves
                 c = count[k]
-                if din(ch):
+                if raw:
                     if c < top:
                         c += 1
                 elif c > 0:
                     c -= 1
                 count[k] = c
                 if c == top:
+                    settling &= ~bit
                     if not level[k]:
                         self._changed(k, 1)
-                elif c == 0 and level[k]:
-                    self._changed(k, 0)
+                        changed = 1
+                elif c == 0:
+                    settling &= ~bit
+                    if level[k]:
+                        self._changed(k, 0)
+                        changed = 1
+                else:
+                    settling |= bit
+            self._settling = settling
+            if changed:
+                self._rebuild_channel_masks()
 
         if self.lock_drive:
             self.lock_drive = 0
@@ -253,13 +307,13 @@ class SecurityController:
         self.lock_fault = 0
         return R_OK
 
-    def _prime(self):
+    def _prime(self, d):
         top = self.debounce_ticks
         for k in range(_N_IN):
             ch = self.ch[k]
             if ch < 0:
                 continue
-            if self._din(ch):
+            if (d >> ch) & 1:
                 self.count[k] = top
                 if k == IN_LOCK:
                     self.level[k] = 1  # the bolt's boot position is not a change
@@ -275,7 +329,22 @@ class SecurityController:
                 self.lock_drive = 1
             if self.ch[IN_LOCK] < 0:
                 self.level[IN_LOCK] = self.lock_cmd  # stands in for the sense, no event at boot
-        self._primed = 1
+        self._settling = 0  # every fitted counter is at an end now
+        self._rebuild_channel_masks()
+
+    def _rebuild_channel_masks(self):
+        hi = 0
+        lo = 0
+        for k in range(_N_IN):
+            ch = self.ch[k]
+            if ch < 0:
+                continue
+            if self.level[k]:
+                hi |= 1 << ch
+            else:
+                lo |= 1 << ch
+        self._hi_ch = hi
+        self._lo_ch = lo
 
     def _changed(self, k, v):
         self.level[k] = v

@@ -1,5 +1,9 @@
 """GPIO bank: integrator debounce to the tick, outputs on change, ownership,
-bad arguments, the telemetry bitmask, and zero allocation under MicroPython."""
+bad arguments, the telemetry bitmask, the input image (din_mask) and its
+channel check, the steady-state fast path against a line-by-line reference
+model, and zero allocation under MicroPython."""
+
+import random
 
 import pytest
 
@@ -226,6 +230,149 @@ def test_thirty_lines_fit_and_more_are_refused():
     assert b.g.levels == (1 << 30) - 1
     with pytest.raises(ValueError):
         Bench(lines + (GpioLine("x", 31, DIR_IN),))
+
+
+@pytest.mark.parametrize("ch", [-1, 30, 31])
+def test_input_channel_outside_the_mask_is_refused(ch):
+    with pytest.raises(ValueError):
+        GpioBank((GpioLine("x", ch, DIR_IN),), FakeHal(), EventQueue())
+
+
+def test_inputs_are_read_from_the_input_image_only():
+    b = Bench()
+    b.step()
+    b.hal.din[5] = 1
+    b.hal.clear_log()
+    calls = b.hal.calls
+    b.step(4)
+    assert b.g.level[BTN] == 1
+    assert b.hal.calls == calls  # no per-line HAL call: din_mask is the input
+    assert b.hal.log == []
+
+
+def test_quiet_tick_takes_the_fast_path():
+    b = Bench()
+    b.hal.din[5] = 1
+    b.step()  # prime
+    slow = []
+    update = b.g._update
+    b.g._update = lambda d: (slow.append(d), update(d))
+    b.step(3)
+    assert slow == []  # inputs at their levels, nothing settling, outputs applied
+    b.g.write(LED, 1)
+    b.step()
+    assert len(slow) == 1  # an output to apply
+    b.hal.din[6] = 1
+    b.step()
+    assert len(slow) == 2  # an input differs from its level
+    b.step()
+    assert len(slow) == 2  # PRSNT (debounce 1) settled at once
+    b.hal.din[5] = 0
+    b.step()
+    assert b.g.count[BTN] == 3 and len(slow) == 3
+    b.hal.din[5] = 1
+    b.step()  # back at 4 with the sample equal to the level again: settled
+    b.step(3)
+    assert len(slow) == 4
+    assert b.events() == [(EV_GPIO_CHANGE, PRSNT, 1, 0)]
+
+
+def test_two_inputs_on_one_channel_debounce_independently():
+    lines = (
+        GpioLine("fast", 3, DIR_IN, debounce_ticks=1),
+        GpioLine("slow", 3, DIR_IN, debounce_ticks=3),
+    )
+    b = Bench(lines)
+    b.step()
+    b.hal.din[3] = 1
+    b.step()
+    assert list(b.g.level) == [1, 0]
+    b.step(2)
+    assert list(b.g.level) == [1, 1]
+    b.hal.din[3] = 0
+    b.step()
+    b.hal.din[3] = 1
+    b.step(5)
+    assert list(b.g.level) == [1, 1] and list(b.g.count) == [1, 3]
+    assert b.events() == [(EV_GPIO_CHANGE, 0, 1, 0), (EV_GPIO_CHANGE, 1, 1, 0),
+                          (EV_GPIO_CHANGE, 0, 0, 0), (EV_GPIO_CHANGE, 0, 1, 0)]
+
+
+class ReferenceBank:
+    """The integrator and output rules of the module docstring, line by line on
+    every tick, with no fast path: what GpioBank must match tick for tick."""
+
+    def __init__(self, lines):
+        self.lines = lines
+        self.count = [0] * len(lines)
+        self.level = [ln.initial if ln.direction == DIR_OUT else 0 for ln in lines]
+        self.wanted = list(self.level)
+        self.primed = False
+        self.events = []
+        self.writes = []
+
+    def step(self, din):
+        for i, ln in enumerate(self.lines):
+            if ln.direction == DIR_IN:
+                raw = 1 if din[ln.ch] else 0
+                top = ln.debounce_ticks
+                if not self.primed:
+                    self.count[i] = top if raw else 0
+                    self.level[i] = raw
+                    continue
+                c = self.count[i]
+                c = min(c + 1, top) if raw else max(c - 1, 0)
+                self.count[i] = c
+                if c in (0, top) and self.level[i] != (c == top):
+                    self.level[i] = 1 if c == top else 0
+                    self.events.append((EV_GPIO_CHANGE, i, self.level[i], 0))
+            elif self.wanted[i] != self.level[i]:
+                self.level[i] = self.wanted[i]
+                self.writes.append(("digital_out", ln.ch, self.level[i]))
+        self.primed = True
+
+    def levels(self):
+        return sum(v << i for i, v in enumerate(self.level))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_fast_path_matches_the_line_by_line_reference(seed):
+    rnd = random.Random(seed)
+    chs = rnd.sample(range(30), 12)
+    lines = []
+    for i in range(12):
+        if rnd.random() < 0.6:
+            lines.append(GpioLine("in%d" % i, chs[i], DIR_IN, debounce_ticks=rnd.randint(1, 6)))
+        else:
+            lines.append(GpioLine("out%d" % i, chs[i], DIR_OUT, initial=rnd.randint(0, 1),
+                                  owned=rnd.random() < 0.3))
+    b = Bench(tuple(lines))
+    ref = ReferenceBank(lines)
+    events = []
+    b.hal.clear_log()
+    for i in range(30):
+        b.hal.din[i] = rnd.randint(0, 1)
+    for tick in range(600):
+        # long quiet stretches, bursts of chatter, single flips, output writes
+        burst = (tick // 40) % 3 == 1
+        for ln in lines:
+            if ln.direction == DIR_IN and rnd.random() < (0.4 if burst else 0.02):
+                b.hal.din[ln.ch] ^= 1
+        if rnd.random() < 0.05:
+            i = rnd.randrange(len(lines))
+            lv = rnd.randint(0, 1)
+            r = b.g.drive_owned(i, lv) if lines[i].owned else b.g.write(i, lv)
+            if r == R_OK:
+                ref.wanted[i] = lv
+        b.g.step()
+        ref.step(b.hal.din)
+        events += b.events()
+        assert list(b.g.level) == ref.level, tick
+        assert list(b.g.count) == ref.count, tick
+        assert b.g.levels == ref.levels(), tick
+    assert events == ref.events
+    assert b.hal.log == ref.writes
+    assert ref.events  # the run did move levels
 
 
 ALLOC_SCRIPT = r"""

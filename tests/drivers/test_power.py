@@ -1,6 +1,8 @@
 """Power rails: sequencing order and timing, every fault path, request results,
 safety actions, telemetry/signals, and the zero-allocation tick under MicroPython."""
 
+from array import array
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -67,9 +69,12 @@ def make_rails(off_delay_ms=10):
 class Bench:
     """A PowerController on the fake HAL with its own clock."""
 
-    def __init__(self, rails=None, events=256):
+    def __init__(self, rails=None, events=256, image="list"):
         self.rails = rails if rails is not None else make_rails()
         self.hal = FakeHal()
+        if image == "array":  # the image as a board's claim_inputs makes it
+            self.hal.mv = array("i", [0] * 32)
+            self.hal.ma = array("i", [0] * 32)
         self.sig = Signals(0, 0, len(self.rails))
         self.ev = EventQueue(events)
         self.p = PowerController(self.rails, self.hal, self.sig, self.ev)
@@ -159,6 +164,14 @@ def test_parent_must_be_an_earlier_rail():
     rails = (Rail("a", 0, 1000, parent=1), Rail("b", 1, 1000))
     with pytest.raises(ValueError):
         PowerController(rails, FakeHal(), Signals(0, 0, 2), EventQueue())
+
+
+def test_rail_channels_must_be_in_the_input_image():
+    with pytest.raises(ValueError):  # no mv/ma slot for channel 32
+        PowerController((Rail("a", 32, 1000),), FakeHal(), Signals(0, 0, 1), EventQueue())
+    hal = FakeHal(40)  # an mv/ma slot, but power-good lives in a 30-bit mask
+    with pytest.raises(ValueError):
+        PowerController((Rail("a", 30, 1000),), hal, Signals(0, 0, 1), EventQueue())
 
 
 def test_no_rails_is_off_and_steps():
@@ -424,6 +437,34 @@ def test_overcurrent_faults_only_above_the_limit():
     ]
 
 
+def test_inrush_still_over_the_limit_when_power_good_comes_faults_next_tick():
+    # the currents do not change while the rail goes SEQ_ON -> ON: the new ON
+    # rail is checked against the same image on the next tick
+    b = Bench()
+    b.hal.pg_auto = False
+    b.p.request_on(MAIN)
+    b.hal.ma[ch(MAIN)] = 8001  # limit 8000
+    b.tick(2)
+    b.hal.pg[ch(MAIN)] = 1
+    b.tick()  # power-good: ON (overcurrent is checked before, while SEQ_ON)
+    assert b.p.state[MAIN] == RAIL_ON
+    b.tick()
+    assert b.p.state[MAIN] == RAIL_FAULT and b.p.fault[MAIN] == RF_OVERCURRENT
+
+
+def test_steady_ticks_read_the_image_without_hal_calls():
+    b = all_on()
+    b.hal.mv[ch(MAIN)] = 12010
+    b.hal.ma[ch(AUX)] = 1500
+    calls = b.hal.calls
+    b.tick(20)
+    assert b.hal.calls == calls
+    assert b.p.mv[MAIN] == 12010 and b.p.ma[AUX] == 1500
+    b.hal.ma[ch(AUX)] = 1600  # a changed reading shows on the next tick
+    b.tick()
+    assert b.p.ma[AUX] == 1600 and b.hal.calls == calls
+
+
 def test_overcurrent_not_monitored_when_limit_is_zero():
     b = all_on()
     b.hal.ma[ch(CORE)] = 60000  # core has overcurrent_ma=0
@@ -458,6 +499,26 @@ def test_monitor_read_errors_report_zero_and_never_fault():
     assert b.p.mv[AUX] == 5012 and b.p.ma[AUX] == 1200
     assert b.p.mv[IO] == 65535 and b.p.ma[IO] == 0
     assert b.p.read_errors == 6  # two reads failing on each of three ticks
+
+
+def test_readings_above_the_field_alone_are_clamped():
+    b = all_on()
+    b.hal.mv[ch(MAIN)] = 70000  # no error or negative reading in the same image
+    b.hal.ma[ch(AUX)] = 65536
+    b.tick()
+    assert b.p.mv[MAIN] == 65535 and b.p.ma[AUX] == 65535
+    assert b.p.read_errors == 0
+
+
+def test_the_image_at_start_up_is_measured_on_the_first_tick():
+    hal = FakeHal()
+    hal.mv[ch(MAIN)] = 12000
+    hal.ma[ch(MAIN)] = READ_ERROR
+    p = PowerController(make_rails(), hal, Signals(0, 0, 5), EventQueue())
+    p.step(0)
+    assert p.mv[MAIN] == 12000 and p.ma[MAIN] == 0 and p.read_errors == 1
+    p.step(10)
+    assert p.read_errors == 2
 
 
 def test_fault_of_a_parent_aborts_a_dependent_in_seq_on():
@@ -876,6 +937,86 @@ def test_random_requests_and_faults_keep_invariants(actions):
     b.p.power_off_all()
     b.run_until_settled()
     assert all(s in (RAIL_OFF, RAIL_FAULT) for s in b.p.state)
+
+
+# -- the steady-state fast paths change nothing --------------------------------------------
+
+def force_full_pass(p):
+    """Make the next step() do all the work of every tick: measure every rail,
+    run the per-rail monitor and every sequencer section, publish everything
+    (what step() did on every tick before the fast paths)."""
+    p._measured = 0
+    p._oc_on = -1
+    p._on_pg = (1 << 30) - 1  # every power-good "missing": the exact monitor pass runs
+    p._seq_dirty = 1
+    p._pub_dirty = 1
+
+
+def observable(b):
+    p = b.p
+    v = b.sig.v
+    return (list(p.state), list(p.fault), list(p.want), list(p.cyc), list(p.cyc_root),
+            list(p.mv), list(p.ma), p.read_errors, p.power_state, p.active,
+            p.illegal_transitions, list(v[b.sig.rail_state0:b.sig.rail_state0 + p.n]),
+            list(v[b.sig.rail_fault0:b.sig.rail_fault0 + p.n]), b.events(), list(b.hal.log),
+            list(b.hal.enabled))
+
+
+READINGS = (0, 1, 3000, 3001, 8001, 12000, 65535, 70000, -3, READ_ERROR)
+DIFF_ACTIONS = st.lists(
+    st.tuples(
+        st.sampled_from(["on", "off", "cycle", "all_on", "all_off", "shed", "estop", "lockout",
+                         "pg_drop", "pg_back", "ma", "mv", "pg_auto", "tick"]),
+        st.integers(min_value=-1, max_value=5),
+        st.integers(min_value=1, max_value=12),
+    ),
+    max_size=50,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(DIFF_ACTIONS)
+def test_fast_paths_match_a_full_pass_every_tick(actions):
+    # The same requests, inputs and ticks on two controllers: one as it runs (on an
+    # array image, like a board's), one forced through the full pass on every tick
+    # (on a list image). Everything observable must agree after every tick.
+    fast = Bench(events=512, image="array")
+    full = Bench(events=512)
+    for name, i, n in actions:
+        c = ch(i) if 0 <= i < 5 else ch(0)
+        for b in (fast, full):
+            p = b.p
+            if name == "on":
+                p.request_on(i)
+            elif name == "off":
+                p.request_off(i)
+            elif name == "cycle":
+                p.request_cycle(i, n * 10)
+            elif name == "all_on":
+                p.power_on_all()
+            elif name == "all_off":
+                p.power_off_all()
+            elif name == "shed":
+                p.shed(i)
+            elif name == "estop":
+                p.emergency_off()
+            elif name == "lockout":
+                p.lockout = n & 1
+            elif name == "pg_drop":
+                b.hal.pg[c] = 0
+            elif name == "pg_back":
+                b.hal.pg[c] = b.hal.enabled[c]
+            elif name == "ma":
+                b.hal.ma[c] = READINGS[n % len(READINGS)]
+            elif name == "mv":
+                b.hal.mv[c] = READINGS[(n * 7) % len(READINGS)]
+            elif name == "pg_auto":
+                b.hal.pg_auto = bool(n & 1)
+        for _ in range(n if name == "tick" else 1):
+            force_full_pass(full.p)
+            fast.tick()
+            full.tick()
+            assert observable(fast) == observable(full)
 
 
 # -- MicroPython: zero allocation on the tick and request paths --------------------------------

@@ -1,6 +1,9 @@
 """Security: debounced inputs, tamper latch and clear refusal, arming and the
 tamper action, door lock with its timeout, soft e-stop, signals, status flags,
-and zero allocation under MicroPython."""
+the input image (din_mask) and its channel check, the steady-state fast path
+against a tick-by-tick reference model, and zero allocation under MicroPython."""
+
+import random
 
 import pytest
 
@@ -149,11 +152,15 @@ def test_glitch_shorter_than_debounce_is_ignored():
     assert b.g(G_ESTOP) == 0 and b.events() == []
 
 
-def test_unfitted_inputs_are_never_read():
+def test_unfitted_inputs_are_ignored():
     cfg = Security()  # nothing fitted
     b = Bench(cfg)
+    for ch in range(30):
+        b.hal.din[ch] = 1  # whatever the image says
     b.step(5)
-    assert b.hal.calls == 0
+    assert b.hal.calls == 0  # nothing driven
+    assert b.events() == []
+    assert (b.g(G_TAMPER), b.g(G_DOOR_OPEN), b.g(G_ESTOP)) == (0, 0, 0)
     assert b.s.status_flags() == 0
     assert b.s.lock() == R_UNKNOWN_TARGET
     assert b.s.unlock() == R_UNKNOWN_TARGET
@@ -372,6 +379,176 @@ def test_status_flags_all_set():
     b.hal.din[ESTOP] = 1
     b.step(3)
     assert b.s.status_flags() == STF_ESTOP | STF_TAMPER | STF_ARMED | STF_LOCKED | STF_DOOR_OPEN
+
+
+# -- input image and the steady-state fast path -----------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["tamper_ch", "door_ch", "estop_ch", "lock_sense_ch"])
+@pytest.mark.parametrize("ch", [30, 31, 99])
+def test_input_channel_outside_the_mask_is_refused(field, ch):
+    with pytest.raises(ValueError):
+        SecurityController(full_cfg(**{field: ch}), FakeHal(), Signals(0, 0, 0), EventQueue())
+
+
+def test_inputs_are_read_from_the_input_image_only():
+    b = primed()
+    calls = b.hal.calls
+    b.settle(DOOR, 1)
+    assert b.events() == [(EV_DOOR, 0, 1, 0)]
+    assert b.hal.calls == calls  # no per-input HAL call: din_mask is the input
+
+
+def test_quiet_tick_takes_the_fast_path():
+    b = primed()
+    b.step()  # the boot drive's sense check is done (sensed == commanded)
+    slow = []
+    update = b.s._update
+    b.s._update = lambda d, now: (slow.append(now), update(d, now))
+    b.step(5)
+    assert slow == []  # inputs at their levels, nothing settling, lock settled
+    b.settle(DOOR, 1)
+    assert len(slow) == 3  # settling ticks
+    b.step(5)
+    assert len(slow) == 3
+    b.s.unlock()
+    b.step()
+    assert len(slow) == 4  # the drive
+    b.step(2)
+    assert len(slow) == 6  # waiting for the sense
+    b.settle(SENSE, 0)
+    b.step(5)
+    assert len(slow) == 9 and b.s.lock_waiting == 0
+    b.s.set_soft_estop(1)  # in the call: no tick needed
+    b.step(3)
+    assert len(slow) == 9 and b.g(G_ESTOP) == 1
+    assert b.events() == [(EV_DOOR, 0, 1, 0), (EV_LOCK_STATE, 0, 0, 0), (EV_ESTOP, 0, 1, 2)]
+
+
+class ReferenceSecurity:
+    """The inputs, e-stop and lock rules of the module docstring evaluated in full
+    on every tick, with no fast path: what SecurityController must match."""
+
+    def __init__(self, cfg):
+        self.chs = [cfg.tamper_ch, cfg.door_ch, cfg.estop_ch, cfg.lock_sense_ch]
+        self.top = cfg.debounce_ticks
+        self.lock_ch = cfg.lock_ch
+        self.timeout = cfg.lock_timeout_ms
+        self.count = [0] * 4
+        self.level = [0] * 4
+        self.soft = 0
+        self.estop = 0
+        self.cmd, self.drive, self.waiting, self.t0, self.fault = 1, 0, 0, 0, 0
+        self.primed = False
+        self.events = []
+        self.writes = []
+
+    def command(self, level):
+        self.cmd, self.drive, self.waiting, self.fault = level, 1, 0, 0
+
+    def soft_estop(self, on):
+        self.soft = on
+        self._estop()
+
+    def _estop(self):
+        e = self.level[2] | self.soft
+        if e != self.estop:
+            self.estop = e
+            self.events.append((EV_ESTOP, 0, e, self.level[2] | (self.soft << 1)))
+
+    def _changed(self, k, v):
+        self.level[k] = v
+        if k == 2:
+            self._estop()
+        else:
+            self.events.append(((EV_TAMPER, EV_DOOR, None, EV_LOCK_STATE)[k], 0, v, 0))
+
+    def step(self, din, now):
+        sense = self.chs[3] >= 0
+        for k, ch in enumerate(self.chs):
+            if ch < 0:
+                continue
+            raw = 1 if din[ch] else 0
+            if not self.primed:
+                if raw:
+                    self.count[k] = self.top
+                    if k == 3:
+                        self.level[k] = 1
+                    else:
+                        self._changed(k, 1)
+                continue
+            c = self.count[k]
+            c = min(c + 1, self.top) if raw else max(c - 1, 0)
+            self.count[k] = c
+            if c == self.top and not self.level[k]:
+                self._changed(k, 1)
+            elif c == 0 and self.level[k]:
+                self._changed(k, 0)
+        if not self.primed and self.lock_ch >= 0:
+            if not self.drive:
+                self.cmd, self.drive = (self.level[3] if sense else 1), 1
+            if not sense:
+                self.level[3] = self.cmd
+        self.primed = True
+        if self.drive:
+            self.drive = 0
+            self.writes.append(("digital_out", self.lock_ch, self.cmd))
+            if sense:
+                self.waiting, self.t0 = 1, now
+            elif self.level[3] != self.cmd:
+                self.level[3] = self.cmd
+                self.events.append((EV_LOCK_STATE, 0, self.cmd, 0))
+        if self.waiting:
+            if self.level[3] == self.cmd:
+                self.waiting = 0
+            elif now - self.t0 >= self.timeout:
+                self.waiting, self.fault = 0, 1
+                self.events.append((EV_LOCK_FAULT, 0, self.cmd, self.level[3]))
+        if self.fault and sense and self.level[3] == self.cmd:
+            self.fault = 0
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_fast_path_matches_the_tick_by_tick_reference(seed):
+    rnd = random.Random(seed)
+    chs = rnd.sample(range(30), 5)
+    fitted = [c if rnd.random() < 0.8 else -1 for c in chs]
+    cfg = full_cfg(tamper_ch=fitted[0], door_ch=fitted[1], estop_ch=fitted[2],
+                   lock_sense_ch=fitted[3], lock_ch=chs[4] if rnd.random() < 0.8 else -1,
+                   debounce_ticks=rnd.randint(1, 5), lock_timeout_ms=rnd.choice([30, 100]))
+    b = Bench(cfg)
+    ref = ReferenceSecurity(cfg)
+    for ch in range(30):
+        b.hal.din[ch] = rnd.randint(0, 1)
+    events = []
+    for tick in range(600):
+        # long quiet stretches, bursts of chatter, single flips, lock and e-stop commands
+        burst = (tick // 40) % 3 == 1
+        for ch in fitted:
+            if ch >= 0 and rnd.random() < (0.4 if burst else 0.02):
+                b.hal.din[ch] ^= 1
+        r = rnd.random()
+        if r < 0.03:
+            lv = rnd.randint(0, 1)
+            if (b.s.lock() if lv else b.s.unlock()) == R_OK:
+                ref.command(lv)
+        elif r < 0.05:
+            on = rnd.randint(0, 1)
+            b.s.set_soft_estop(on)
+            ref.soft_estop(on)
+        b.step()
+        ref.step(b.hal.din, b.t - TICK)
+        events += b.events()
+        s = b.s
+        assert list(s.count) == ref.count, tick
+        assert list(s.level) == ref.level, tick
+        assert (s.estop, s.lock_cmd, s.lock_waiting, s.lock_fault) == \
+            (ref.estop, ref.cmd, ref.waiting, ref.fault), tick
+        assert (b.g(G_TAMPER), b.g(G_DOOR_OPEN), b.g(G_ESTOP)) == \
+            (ref.level[0], ref.level[1], ref.estop), tick
+    assert events == ref.events
+    assert b.hal.log == ref.writes
+    assert len(ref.events) > 5  # the run did move things
 
 
 ALLOC_SCRIPT = r"""
