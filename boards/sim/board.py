@@ -6,16 +6,17 @@ sensors of all three kinds, four fans, a six-rail power tree, sixteen GPIO
 lines and the full set of physical-security inputs. The physics behind the
 channels lives in ``plant.py``; ``hal.py`` maps the channels onto it.
 
-Channel map (the ``ch`` numbers the HAL methods receive)::
+Channel map (the ``ch`` numbers of the HAL's input image and methods)::
 
-    ADC  (adc_read)        0 cpu0_die   1 cpu1_die   2 dimm_a   3 dimm_b
+    ADC  (adc[ch])         0 cpu0_die   1 cpu1_die   2 dimm_a   3 dimm_b
                            4 io_hub     5 psu_hot      (all 10k/B3950 NTC)
-    I2C  (i2c_temp_read)   0 cpu_vrm (TMP117)   1 io_board (LM75)
+    I2C  (i2c_temp[ch])    0 cpu_vrm (TMP117)   1 io_board (LM75)
     PWM / TACH             0 cpu_fan0  1 cpu_fan1  2 mem_fan  3 io_fan
                            (pwm ch n and tach ch n belong to fan n)
-    RAIL (rail_*)          0 p12v_main  1 p5v  2 p3v3  3 p1v8  4 p1v0_core
+    RAIL (mv/ma[ch], pg_mask bit ch, rail_enable)
+                           0 p12v_main  1 p5v  2 p3v3  3 p1v8  4 p1v0_core
                            5 p12v_fans  (rail ch n is rail n)
-    DIGITAL (digital_in/out)
+    DIGITAL (din_mask bit ch, digital_out)
                            0..7   GPIO outputs (led_status .. aux_out_1)
                            8..15  GPIO inputs  (gpio_in_0 .. power_btn_n)
                            16 tamper switch   in   1 = case open

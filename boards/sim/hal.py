@@ -4,21 +4,22 @@ The drivers cannot tell this from a real board: they get raw ADC counts,
 raw I2C temperature registers, tachometer pulses, power-good levels and a
 byte stream, produced from the plant's physical state. Channel numbers are
 the ones ``board.py`` assigns (see its channel map); a channel the config
-does not use reads ``READ_ERROR`` (digital and power-good reads: 0) and
-ignores writes.
+does not use reads ``READ_ERROR`` (masks: bit 0) and ignores writes.
 
-Conversions (plant m°C -> what the part would report):
+Input image (see ``metal.core.hal``): ``adc``, ``i2c_temp``, ``mv`` and
+``ma`` are the plant's reading arrays themselves, which the plant updates
+only inside ``step`` and ``publish`` (what a fault, an output or a test
+changes in between waits for the next ``publish``; see plant.py), and
+``sample`` copies the two masks::
 
-    NTC     ntc.mc_to_adc(m°C); an open thermistor reads 65535 (full
-            scale), a shorted one 0
-    TMP117  register = m°C × 16 / 125  (7.8125 m°C per LSB, = ×10000/78125
-            without the large intermediate), floored, clamped to the part's
-            -55..150 °C, returned as the raw 16-bit register 0..0xFFFF
-            (two's complement: 0xFF80 is -1 °C, the caller sign-extends)
-    LM75    register = (m°C // 125) << 5  (11-bit, 0.125 °C per LSB, left
-            justified; 1/256 °C per register LSB), clamped to -55..125 °C,
-            raw 16-bit register 0..0xFFFF, two's complement
-    I2C sensor open or short: READ_ERROR (the device does not answer)
+    sample(now_us): plant.step(elapsed ms)   (ends with plant.publish())
+                    or plant.publish()       (no whole ms elapsed)
+                    pg_mask, din_mask <- the plant's
+
+So the image is the snapshot of the tick's start, even when an output or a
+fault changes the plant mid-tick: the change shows from the next ``sample``
+on, as the contract says. One plant feeds one HAL, and only the HAL's
+``sample`` should step a plant that has one.
 
 Time: ``sample(now_us)`` steps the plant by the µs elapsed since the
 previous call (the first call only sets the reference), carrying the
@@ -48,41 +49,19 @@ everything else here runs inside the tick and allocates nothing.
 from array import array
 
 from metal.core.compat import const, ticks_diff
-from metal.core.config import SENSOR_LM75, SENSOR_NTC, SENSOR_TMP117
-from metal.core.drivers.ntc import mc_to_adc
 from metal.core.hal import READ_ERROR, Hal
-from metal.core.proto import FAULT_SENSOR_OPEN, FAULT_SENSOR_SHORT
 
-from metal.boards.sim.plant import Plant
+from metal.boards.sim.plant import (  # noqa: F401  (conversions re-exported for tests)
+    ADC_OPEN,
+    ADC_SHORT,
+    Plant,
+    lm75_raw,
+    tmp117_raw,
+)
 
 MAX_CATCHUP_MS = const(10000)
 SERIAL_RING_SIZE = const(2048)
 _MASK30 = const(0x3FFFFFFF)
-
-ADC_OPEN = const(65535)
-ADC_SHORT = const(0)
-TMP117_MIN_MC = const(-55000)
-TMP117_MAX_MC = const(150000)
-LM75_MIN_MC = const(-55000)
-LM75_MAX_MC = const(125000)
-
-
-def tmp117_raw(mc):
-    """TMP117 temperature register for ``mc`` m°C (0..0xFFFF)."""
-    if mc < TMP117_MIN_MC:
-        mc = TMP117_MIN_MC
-    elif mc > TMP117_MAX_MC:
-        mc = TMP117_MAX_MC
-    return (mc * 16 // 125) & 0xFFFF
-
-
-def lm75_raw(mc):
-    """LM75 (11-bit) temperature register for ``mc`` m°C (0..0xFFFF)."""
-    if mc < LM75_MIN_MC:
-        mc = LM75_MIN_MC
-    elif mc > LM75_MAX_MC:
-        mc = LM75_MAX_MC
-    return ((mc // 125) << 5) & 0xFFFF
 
 
 class ByteRing:
@@ -161,32 +140,12 @@ class SimHal(Hal):
         self.config = config
         self.plant = plant if plant is not None else Plant(config)
 
-        # channel -> index maps; -1 = channel not used by this config
-        n_adc = 0
-        n_i2c = 0
-        for s in config.sensors:
-            if s.kind == SENSOR_NTC:
-                n_adc = max(n_adc, s.ch + 1)
-            else:
-                n_i2c = max(n_i2c, s.ch + 1)
-        self._adc_sensor = _channel_map(n_adc)
-        self._i2c_sensor = _channel_map(n_i2c)
-        self._i2c_kind = bytearray(n_i2c)
-        for i in range(len(config.sensors)):
-            s = config.sensors[i]
-            if s.kind == SENSOR_NTC:
-                self._adc_sensor[s.ch] = i
-            else:
-                self._i2c_sensor[s.ch] = i
-                self._i2c_kind[s.ch] = s.kind
-        self._n_adc = n_adc
-        self._n_i2c = n_i2c
         n_pwm = 0
         n_tach = 0
         for f in config.fans:
             n_pwm = max(n_pwm, f.pwm_ch + 1)
             n_tach = max(n_tach, f.tach_ch + 1)
-        self._pwm_fan = _channel_map(n_pwm)
+        self._pwm_fan = _channel_map(n_pwm)  # channel -> fan index, -1 unused
         self._tach_fan = _channel_map(n_tach)
         for i in range(len(config.fans)):
             self._pwm_fan[config.fans[i].pwm_ch] = i
@@ -196,12 +155,23 @@ class SimHal(Hal):
         n_rail = 0
         for r in config.rails:
             n_rail = max(n_rail, r.ch + 1)
-        self._rail = _channel_map(n_rail)
+        self._rail = _channel_map(n_rail)  # channel -> rail index, -1 unused
         for i in range(len(config.rails)):
             self._rail[config.rails[i].ch] = i
         self._n_rail = n_rail
 
-        self.claim_inputs(n_adc, n_i2c, n_rail)
+        # The image: the plant's reading arrays themselves (see the module
+        # docstring), sized by the config like claim_inputs would; the masks
+        # are copied by sample().
+        p = self.plant
+        p.publish()
+        self.adc = p.adc
+        self.i2c_temp = p.i2c_temp
+        self.mv = p.mv
+        self.ma = p.ma
+        self.pg_mask = p.pg_mask
+        self.din_mask = p.din_mask
+
         self.rx = ByteRing(serial_size)  # host -> board
         self.tx = ByteRing(serial_size)  # board -> host
         self.watchdog_feeds = 0  # mod 2**30
@@ -215,49 +185,26 @@ class SimHal(Hal):
 
     def sample(self, now_us):
         self.samples = (self.samples + 1) & _MASK30
-        if not self._started:
+        plant = self.plant
+        ms = 0
+        if self._started:
+            d = ticks_diff(now_us, self._last_us)
+            self._last_us = now_us
+            if d > 0:  # else no time passed (or the caller's clock stepped back)
+                us = self._us_rem + d
+                ms = us // 1000
+                self._us_rem = us - ms * 1000
+        else:
             self._started = True
             self._last_us = now_us
-            self._refresh_image()
-            return
-        d = ticks_diff(now_us, self._last_us)
-        self._last_us = now_us
-        if d <= 0:
-            self._refresh_image()
-            return  # no time passed (or the caller's clock stepped back)
-        us = self._us_rem + d
-        ms = us // 1000
-        self._us_rem = us - ms * 1000
-        if ms > MAX_CATCHUP_MS:
-            ms = MAX_CATCHUP_MS
         if ms:
-            self.plant.step(ms)
-        self._refresh_image()
-
-    def _refresh_image(self):
-        # every input, as the drivers will see it for this whole tick
-        adc = self.adc
-        for ch in range(self._n_adc):
-            adc[ch] = self.adc_read(ch)
-        i2c = self.i2c_temp
-        for ch in range(self._n_i2c):
-            i2c[ch] = self.i2c_temp_read(ch)
-        mv = self.mv
-        ma = self.ma
-        pg = 0
-        for ch in range(self._n_rail):
-            mv[ch] = self.rail_mv(ch)
-            ma[ch] = self.rail_ma(ch)
-            if self.rail_power_good(ch):
-                pg |= 1 << ch
-        self.pg_mask = pg
-        plant = self.plant
-        lv = plant.d_level
-        m = 0
-        for ch in range(plant.n_digital):
-            if lv[ch]:
-                m |= 1 << ch
-        self.din_mask = m
+            if ms > MAX_CATCHUP_MS:
+                ms = MAX_CATCHUP_MS
+            plant.step(ms)  # ends with plant.publish()
+        else:
+            plant.publish()
+        self.pg_mask = plant.pg_mask
+        self.din_mask = plant.din_mask
 
     def watchdog_feed(self):
         self.watchdog_feeds = (self.watchdog_feeds + 1) & _MASK30
@@ -268,74 +215,27 @@ class SimHal(Hal):
 
     def sim_fault(self, kind, target, value):
         """OP_SIM_FAULT: inject a plant fault; R_OK / R_UNKNOWN_TARGET /
-        R_INVALID_ARGUMENT (see plant.py)."""
+        R_INVALID_ARGUMENT (see plant.py). It shows in the next sample."""
         return self.plant.inject(kind, target, value)
 
-    # -- analog and digital inputs ---------------------------------------------
-
-    def adc_read(self, ch):
-        if ch < 0 or ch >= self._n_adc:
-            return READ_ERROR
-        s = self._adc_sensor[ch]
-        if s < 0:
-            return READ_ERROR
-        plant = self.plant
-        fault = plant.s_fault[s]
-        if not fault:
-            # plant.sensor_mc(s) written out: the firmware reads every NTC on
-            # every tick, and a call is a large part of this method's cost
-            return mc_to_adc(plant.z_mc[plant.s_zone[s]] + plant.s_offset[s] + plant.s_noise[s])
-        if fault == FAULT_SENSOR_OPEN:
-            return ADC_OPEN
-        if fault == FAULT_SENSOR_SHORT:
-            return ADC_SHORT
-        return mc_to_adc(plant.sensor_mc(s))
-
-    def i2c_temp_read(self, ch):
-        if ch < 0 or ch >= self._n_i2c:
-            return READ_ERROR
-        s = self._i2c_sensor[ch]
-        if s < 0:
-            return READ_ERROR
-        plant = self.plant
-        fault = plant.s_fault[s]
-        if not fault:  # plant.sensor_mc(s) written out, as in adc_read
-            mc = plant.z_mc[plant.s_zone[s]] + plant.s_offset[s] + plant.s_noise[s]
-        elif fault == FAULT_SENSOR_OPEN or fault == FAULT_SENSOR_SHORT:
-            return READ_ERROR
-        else:
-            mc = plant.sensor_mc(s)
-        kind = self._i2c_kind[ch]
-        if kind == SENSOR_TMP117:
-            return tmp117_raw(mc)
-        if kind == SENSOR_LM75:
-            return lm75_raw(mc)
-        return READ_ERROR
-
-    def digital_in(self, ch):
-        # plant.digital_level(ch) written out (GPIO and security inputs call this
-        # about a dozen times per tick)
-        plant = self.plant
-        if ch >= 0 and ch < plant.n_digital:  # (two compares: cheaper than a chained one)
-            return plant.d_level[ch]
-        return 0
+    # -- outputs ---------------------------------------------------------------
 
     def digital_out(self, ch, level):
         self.plant.set_output(ch, level)
-
-    # -- fans ----------------------------------------------------------------------
 
     def pwm_set(self, ch, duty_permille):
         if ch >= 0 and ch < self._n_pwm:
             f = self._pwm_fan[ch]
             if f >= 0:
-                # plant.set_fan_duty(f, duty) written out: the thermal loop moves
-                # the duties of most fans on most ticks
+                # plant.set_fan_duty(f, duty) written out
                 if duty_permille < 0:
                     duty_permille = 0
                 elif duty_permille > 1000:
                     duty_permille = 1000
-                self.plant.f_duty[f] = duty_permille
+                plant = self.plant
+                plant.f_duty[f] = duty_permille
+                if not plant.f_stalled[f]:
+                    plant.f_target[f] = duty_permille * plant.f_max_rpm[f]
 
     def tach_pulses(self, ch):
         if ch < 0 or ch >= self._n_tach:
@@ -343,45 +243,13 @@ class SimHal(Hal):
         f = self._tach_fan[ch]
         if f < 0:
             return READ_ERROR
-        pulses = self.plant.f_pulses  # plant.take_pulses(f) written out (per fan per tick)
-        n = pulses[f]
-        pulses[f] = 0
-        return n
-
-    # -- power rails -----------------------------------------------------------------
+        return self.plant.take_pulses(f)
 
     def rail_enable(self, ch, on):
         if 0 <= ch < self._n_rail:
             r = self._rail[ch]
             if r >= 0:
                 self.plant.set_rail_enable(r, on)
-
-    def rail_power_good(self, ch):
-        if ch < 0 or ch >= self._n_rail:
-            return 0
-        r = self._rail[ch]
-        if r < 0:
-            return 0
-        plant = self.plant  # plant.rail_power_good(r) written out (per ON rail per tick)
-        if plant.r_pg[r] and not plant.r_glitch_ms[r]:
-            return 1
-        return 0
-
-    def rail_mv(self, ch):
-        if ch < 0 or ch >= self._n_rail:
-            return READ_ERROR
-        r = self._rail[ch]
-        if r < 0:
-            return READ_ERROR
-        return self.plant.r_mv[r]
-
-    def rail_ma(self, ch):
-        if ch < 0 or ch >= self._n_rail:
-            return READ_ERROR
-        r = self._rail[ch]
-        if r < 0:
-            return READ_ERROR
-        return self.plant.r_ma[r]
 
     # -- host link ---------------------------------------------------------------------
 

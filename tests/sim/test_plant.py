@@ -172,6 +172,79 @@ def test_fan_supply_current_follows_fan_speed(plant):
     assert p.r_ma[FANS] == 100 + 600 + 600 + 300 + 300
 
 
+def test_settled_rails_leave_the_active_set_and_a_change_brings_them_back(plant):
+    p = plant
+    power_all(p)
+    assert p.r_active == 0  # nothing left to step: the rail loop is skipped
+    mv, ma = list(p.r_mv), list(p.r_ma)
+    p.step(1000)
+    assert list(p.r_mv) == mv and list(p.r_ma) == ma
+    p.set_rail_enable(P1V8, 0)
+    assert p.r_active == (1 << P1V8) | (1 << CORE)  # the rail and its child
+    p.step(500)
+    assert p.r_mv[P1V8] == 0 and p.r_mv[CORE] == 0 and p.r_ma[CORE] == 0
+    assert p.r_active == 0
+    assert p.set_rail_load(P3V3, 2000) == R_OK  # a settled rail still follows its load
+    assert p.r_ma[P3V3] == 2000
+    p.set_rail_enable(P1V8, 1)
+    p.step(100)
+    assert p.rail_power_good(P1V8) and p.rail_power_good(CORE) and p.r_active == 0
+
+
+def test_fan_supply_current_tracks_each_fan_step_while_the_tree_is_settled(plant):
+    p = plant
+    power_all(p)
+    assert p.r_active == 0
+    fans(p, 1000)
+    full = (600, 600, 300, 300)
+    for _ in range(300):
+        p.step(10)
+        want = 100 + sum(full[i] * p.fan_rpm(i) // p.f_max_rpm[i] for i in range(4))
+        assert p.r_ma[FANS] == want
+    assert p.r_active == 0
+
+
+def test_fan_supply_switched_on_later_draws_what_the_fans_draw_now(plant):
+    p = plant
+    p.set_rail_enable(MAIN, 1)
+    fans(p, 1000)  # the fans run from standby power; their rail is off
+    p.step(30000)
+    assert p.r_ma[FANS] == 0
+    p.set_rail_enable(FANS, 1)
+    p.step(50)
+    assert p.rail_power_good(FANS) and p.r_ma[FANS] == 100 + 600 + 600 + 300 + 300
+
+
+def test_a_stall_keeps_the_pulses_counted_before_it(plant):
+    a = plant
+    b = Plant(make_config())
+    for p in (a, b):
+        p.set_fan_duty(CPU_FAN0, 700)
+        p.step(10000)
+        p.take_pulses(CPU_FAN0)
+        p.step(1230)  # pulses pile up, nobody takes them
+    a.inject(FAULT_FAN_STALL, CPU_FAN0, 0)
+    assert a.take_pulses(CPU_FAN0) == b.take_pulses(CPU_FAN0) > 0
+    a.step(1000)
+    assert a.take_pulses(CPU_FAN0) == 0
+
+
+def test_pulses_stay_exact_over_minutes_without_being_taken():
+    # the fastest fan a config allows: 65535 RPM, 8 pulses per revolution
+    from metal.core.config import BoardConfig, Fan, Zone
+    cfg = BoardConfig("tiny", "0", fans=(Fan("f", 0, 0, 0, 65535, pulses_per_rev=8),),
+                      zones=(Zone("z", 40000),))
+    p = Plant(cfg)
+    p.set_fan_duty(0, 1000)
+    p.step(60000)
+    assert p.fan_rpm(0) == 65535
+    p.take_pulses(0)
+    for _ in range(10):
+        p.step(MINUTE_MS)
+    assert p.take_pulses(0) == 10 * 65535 * 8
+    assert all(-(1 << 30) < x < (1 << 30) for x in p.f_pulse_acc)
+
+
 # -- fans ----------------------------------------------------------------------------
 
 
