@@ -43,7 +43,7 @@ class FakeHal(Hal):
         self.last_sample_us = 0
         self.feeds = 0
         self.reboots = 0
-        self.calls = 0  # every HAL call, reads included
+        self.calls = 0  # every HAL call (inputs are read from the image, not called)
         # serial: rx bytes queued by the test, tx bytes written by the firmware
         self.rx = bytearray(0)
         self.rx_pos = 0
@@ -97,18 +97,6 @@ class FakeHal(Hal):
         self.calls += 1
         self.reboots += 1
 
-    def adc_read(self, ch):
-        self.calls += 1
-        return self.adc[ch]
-
-    def i2c_temp_read(self, ch):
-        self.calls += 1
-        return self.i2c_temp[ch]
-
-    def digital_in(self, ch):
-        self.calls += 1
-        return self.din[ch]
-
     def digital_out(self, ch, level):
         self.calls += 1
         self.dout[ch] = level
@@ -131,18 +119,6 @@ class FakeHal(Hal):
         if self.pg_auto:
             self.pg[ch] = on
         self._record("rail_enable", ch, on)
-
-    def rail_power_good(self, ch):
-        self.calls += 1
-        return self.pg[ch]
-
-    def rail_mv(self, ch):
-        self.calls += 1
-        return self.mv[ch]
-
-    def rail_ma(self, ch):
-        self.calls += 1
-        return self.ma[ch]
 
     def serial_read(self, buf, start, max_n):
         self.calls += 1

@@ -29,12 +29,6 @@ class ThermalFakeHal(Hal):
             count[ch] += rate[ch]
         return 0
 
-    def adc_read(self, ch):
-        return self.adc[ch]
-
-    def i2c_temp_read(self, ch):
-        return self.i2c[ch]
-
     def pwm_set(self, ch, duty_permille):
         self.pwm[ch] = duty_permille
         self.pwm_writes += 1
