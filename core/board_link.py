@@ -1,18 +1,40 @@
 """The board's end of the serial link: the firmware's one conversation with the host.
 
-Once per tick ``service(now_ms)``:
+Once per tick the firmware's link phase calls ``receive(now_ms)``, builds
+TELEMETRY when it is due, then calls ``transmit(now_ms)`` (``service`` does
+both, for a caller with a ready-made TELEMETRY payload):
 
-1. reads at most ``serial_budget`` bytes from the HAL and feeds them to the
-   link state machine; each delivered message is handled at once:
-   CMD -> ``runner.execute(op, target, arg, arg2)`` -> RESULT,
+1. ``receive`` reads at most ``serial_budget`` bytes from the HAL and feeds
+   them to the link state machine; each delivered message is handled at
+   once: CMD -> ``runner.execute(op, target, arg, arg2)`` -> RESULT,
    HEARTBEAT -> echo and host-alive timestamp, POLICY -> RESULT unknown_op
    (this firmware has no policy table yet), HELLO -> handled by the link;
-2. after a new session, queues the DESCRIBE parts;
-3. drains finished results, then board events, into the reliable queue
-   (results first, and two slots are always kept for results);
-4. every ``telemetry_every`` ticks hands the latest TELEMETRY to the link;
-5. writes queued wire bytes, at most ``serial_budget`` per tick; a frame the
-   HAL did not fully accept stays in ``tx`` for the next tick.
+   then, after a new session, it queues the DESCRIBE parts, and it drains
+   finished results, then board events, into the reliable queue (results
+   first, and two slots are always kept for results);
+2. TELEMETRY is built straight into the link's slot (``telemetry_buf``,
+   ``commit_telemetry``), like RESULT and EVENT payloads (``Link.send_ints``):
+   no payload is encoded into a scratch buffer and copied;
+3. ``transmit`` writes the frame left over from the previous tick, then
+   polls the link for frames (each encoded in one pass: CRC-16 and COBS
+   together) and writes them, at most ``serial_budget`` bytes a tick; a
+   frame the HAL did not fully accept stays in ``tx`` for the next tick.
+
+Spreading the work: a tick that handled a message or queued a reliable one
+is *busy*; a TELEMETRY that falls due in a busy tick waits for the next
+tick that is not, at most ``TELEMETRY_SLIP`` ticks (``telemetry_now``), so
+the two heavy kinds of link work (a command with its result, a TELEMETRY
+frame) rarely share a tick. TELEMETRY stays on its grid of
+``telemetry_every`` ticks and reaches the host in the tick of its snapshot.
+Nothing else waits: commands are executed, and results and events sent, in
+the tick they arrive or happen (up to the serial budget), so a batch of
+commands is judged and answered together.
+
+Idle fast path: with nothing unwritten in ``tx`` and the link ``quiet`` (its
+last poll found nothing, and nothing arrived or was queued since that could
+change it), nothing can be due but a link timer, so ``transmit`` only
+compares the link's ``wake_ms`` (retransmission or HELLO deadline) with the
+clock; the retransmission timers keep their exact times.
 
 Commands are idempotent by id: the last ``RESULT_SLOTS`` results are kept,
 and a CMD whose id is among them is answered again with the first verdict
@@ -25,7 +47,7 @@ next heartbeat. The firmware turns the edge into its safe state.
 
 from array import array
 
-from metal.core.cbor import K_ARRAY, K_MAP, K_NEG, K_UINT, Decoder, Encoder
+from metal.core.cbor import K_ARRAY, K_MAP, K_NEG, K_UINT, Decoder, int_map_into
 from metal.core.compat import const, ticks_diff
 from metal.core.link import EV_MESSAGE, Link, ROLE_BOARD, ST_CONNECTED, S_QUEUE_OVERFLOWS
 from metal.core.proto import (
@@ -45,6 +67,8 @@ from metal.core.proto import (
 )
 
 RESULT_SLOTS = const(16)
+TELEMETRY_SLIP = const(2)  # ticks a due TELEMETRY may wait for a tick that is not busy
+_MIN_BUDGET = const(16)  # serial bytes per tick at least
 _RESERVED_FOR_RESULTS = const(2)
 _MASK = const(0x3FFFFFFF)
 _NO_ID = const(-1)
@@ -57,18 +81,28 @@ class BoardLink:
         self.hal = hal
         self.events = events
         self.link = Link(ROLE_BOARD)
-        if not self.link.set_identity(identity_entries, len(identity_entries), n_identity_entries):
+        link = self.link
+        if not link.set_identity(identity_entries, len(identity_entries), n_identity_entries):
             raise ValueError("board identity does not fit a HELLO")
         self.describe = describe_parts
+        self.n_describe = len(describe_parts)
         self.heartbeat_timeout_ms = heartbeat_timeout_ms
-        self.budget = serial_budget if serial_budget >= MAX_WIRE else MAX_WIRE
+        # bytes read and written per tick at most (the board's Limits; at
+        # least 16: a frame longer than the budget goes out over several ticks)
+        self.budget = serial_budget if serial_budget >= _MIN_BUDGET else _MIN_BUDGET
 
         self.rx = bytearray(self.budget)
-        self.tx = bytearray(MAX_WIRE)
-        self.tx_pos = 0
+        self.tx = bytearray(MAX_WIRE)  # the frame being written
+        self.tx_pos = 0  # tx[:tx_pos] went to the HAL
         self.tx_len = 0
-        self.payload = bytearray(MAX_PAYLOAD)
-        self.enc = Encoder(self.payload)
+        self.busy = 0  # this tick handled a message or queued a reliable one
+        self.tel_slip = 0  # ticks the due TELEMETRY has waited
+        self.pbuf = link.pbuf  # the link's payload slots: messages are built in place
+        # The link's TELEMETRY slot as a buffer of its own (made once): the
+        # firmware's TelemetryEncoder writes there, so nothing is copied.
+        o = link.reserve(T_TELEMETRY)
+        self.telemetry_buf = memoryview(link.pbuf)[o:o + MAX_PAYLOAD]
+        self.vals = array("i", [0] * 6)  # one message's integers, for int_map_into
         self.dec = Decoder()
 
         # recent results, a ring; `res_unsent` counts the newest ones not yet queued
@@ -81,7 +115,7 @@ class BoardLink:
         self.results_lost = 0  # a result pushed out of the ring before it could be queued
 
         self.session_seen = 0
-        self.describe_next = len(describe_parts)  # nothing to send until connected
+        self.describe_next = self.n_describe  # nothing to send until connected
 
         self.last_hb_ms = 0
         self.hb_started = 0
@@ -93,44 +127,85 @@ class BoardLink:
         self.boot_ms = 0
         self._have_boot = 0
 
-        self._send = self.link.send
-        self._feed = self.link.feed
-        self._poll = self.link.poll
+        # bound methods, created once (a bound method made per tick allocates)
+        self._send = link.send
+        self._feed = link.feed
+        self._poll = link.poll
+        self._reserve = link.reserve
+        self._commit = link.commit
+        self._send_ints = link.send_ints
 
     # -- per tick ---------------------------------------------------------------------
-    def service(self, now_ms, telemetry, telemetry_len):
-        """One tick of link work. ``telemetry``/``telemetry_len``: a payload to
-        hand to the link this tick, or length 0 for none."""
+    def service(self, now_ms, telemetry=None, telemetry_len=0):
+        """One tick of link work: ``receive``, then ``transmit``.
+        ``telemetry``/``telemetry_len``: a payload to copy to the link in
+        between, or length 0 for none (the firmware builds TELEMETRY in the
+        link's slot instead: ``telemetry_buf``, ``commit_telemetry``)."""
+        self.receive(now_ms)
+        if telemetry_len > 0:
+            self._send(T_TELEMETRY, telemetry, 0, telemetry_len)
+        self.transmit(now_ms)
+
+    def receive(self, now_ms):
+        """Read and handle what arrived; queue DESCRIBE parts, results and
+        events. ``busy`` says whether this tick had a message or queued a
+        reliable one (see ``telemetry_now``)."""
         if not self._have_boot:
             self._have_boot = 1
             self.boot_ms = now_ms
             self.last_hb_ms = now_ms
+        self.busy = 0
         link = self.link
         n = self.hal.serial_read(self.rx, 0, self.budget)
-        pos = 0
-        while pos < n:
-            pos = self._feed(self.rx, pos, n, now_ms)
-            if link.ev == EV_MESSAGE:
-                self._on_message(now_ms)
-
-        if link.state == ST_CONNECTED and link.session != self.session_seen:
-            self.session_seen = link.session
-            self.describe_next = 0
-        # each queue only when it has work: an idle tick stays three compares
-        if self.describe_next < len(self.describe):
+        if n:
+            rx = self.rx
+            feed = self._feed
+            pos = 0
+            while pos < n:
+                pos = feed(rx, pos, n, now_ms)
+                if link.ev == EV_MESSAGE:
+                    self.busy = 1
+                    self._on_message(now_ms)
+            # (the session changes only in feed)
+            if link.state == ST_CONNECTED and link.session != self.session_seen:
+                self.session_seen = link.session
+                self.describe_next = 0
+        # each queue only when it has work: an idle tick stays a few compares
+        if self.describe_next < self.n_describe:
+            self.busy = 1
             self._queue_describe()
         if self.res_unsent:
+            self.busy = 1
             self._queue_results()
         if self.events.count:
+            self.busy = 1
             self._queue_events()
-        if telemetry_len > 0:
-            self._send(T_TELEMETRY, telemetry, 0, telemetry_len)
 
-        self._write(now_ms)
+    def transmit(self, now_ms):
+        """Write the frames due, at most ``serial_budget`` bytes."""
+        # Idle fast path: nothing unwritten, and the link quiet with no timer
+        # due. Skipping the poll is safe: a quiet link's poll returns 0 until
+        # something arrives or is queued (which clears quiet) or wake_ms
+        # passes (see Link.poll).
+        link = self.link
+        if (self.tx_pos < self.tx_len or not link.quiet
+                or (link.wake_on and ticks_diff(now_ms, link.wake_ms) >= 0)):
+            self._transmit(now_ms)
+
+    def telemetry_now(self):
+        """The firmware asks, in a tick whose TELEMETRY is due, after
+        ``receive``: build it now? Not in a busy tick (a command, results,
+        events), so the two heavy kinds of link work rarely share a tick;
+        it waits at most ``TELEMETRY_SLIP`` ticks, then goes anyway."""
+        if self.busy and self.tel_slip < TELEMETRY_SLIP:
+            self.tel_slip += 1
+            return 0
+        self.tel_slip = 0
+        return 1
 
     def check_heartbeat(self, now_ms):
         """Set ``host_lost`` once no HEARTBEAT arrived within the timeout. The
-        runner calls this once per tick in its input phase (before ``service``),
+        runner calls this once per tick in its input phase (before ``receive``),
         so the safe state starts in the tick the timeout ends."""
         if not self._have_boot:
             self._have_boot = 1
@@ -141,6 +216,12 @@ class BoardLink:
 
     def queue_overflows(self):
         return (self.events.overflows + self.link.stats[S_QUEUE_OVERFLOWS]) & _MASK
+
+    def commit_telemetry(self, n):
+        """Hand the link the ``n``-byte TELEMETRY payload just built in
+        ``telemetry_buf`` (nothing for n <= 0: an encoder error)."""
+        if n > 0:
+            self._commit(T_TELEMETRY, n)
 
     # -- receive --------------------------------------------------------------------------
     def _on_message(self, now_ms):
@@ -176,15 +257,14 @@ class BoardLink:
         self.last_hb_ms = now_ms
         self.host_lost = 0
         self.heartbeats = (self.heartbeats + 1) & _MASK
-        e = self.enc
-        e.reset(0)
-        e.map(2)
-        e.uint(0)
-        e.uint(host_ms)
-        e.uint(1)
-        e.uint((now_ms - self.boot_ms) & _MASK)
-        if not e.err:
-            self._send(T_HEARTBEAT, self.payload, 0, e.pos)
+        o = self._reserve(T_HEARTBEAT)
+        if o >= 0:
+            v = self.vals
+            v[0] = host_ms
+            v[1] = (now_ms - self.boot_ms) & _MASK
+            e = int_map_into(self.pbuf, o, v, 2)
+            if e > 0:
+                self._commit(T_HEARTBEAT, e - o)
 
     def _on_cmd(self, buf, off, n, err, is_policy=0):
         self.commands = (self.commands + 1) & _MASK
@@ -195,43 +275,95 @@ class BoardLink:
         arg2 = 0
         bad = err
         if bad == E_OK:
-            d = self.dec
-            d.reset(buf, off, off + n)
-            if d.next() != K_MAP:
-                bad = E_SCHEMA
-            else:
+            # Fast path: a map of small unsigned keys to integers (every CMD the
+            # host sends), read inline. The payload passed validation, so each
+            # head is well-formed and in range. It gives up on anything else
+            # (a key >= 24, another kind of value, an 8-byte head) and the
+            # general loop below parses the payload again from the start: it
+            # sees the same entries in the same order, so it reaches the same
+            # values and the same verdict.
+            slow = 1
+            ib = buf[off] if n else 0
+            if 0xA0 <= ib < 0xB8:
+                slow = 0
+                p = off + 1
                 seen = 0  # bit per key: a repeated key is refused, never "last one wins"
-                for _ in range(d.val):
-                    if d.next() != K_UINT:
-                        bad = E_SCHEMA
+                for _ in range(ib - 0xA0):
+                    key = buf[p]
+                    ib = buf[p + 1]
+                    if key >= 0x18 or ib >= 0x3B or 0x1B <= ib < 0x20:
+                        slow = 1
                         break
-                    key = d.val
+                    p += 2
+                    neg = ib >= 0x20
+                    if neg:
+                        ib -= 0x20
+                    if ib < 0x18:
+                        v = ib
+                    elif ib == 0x18:
+                        v = buf[p]
+                        p += 1
+                    elif ib == 0x19:
+                        v = (buf[p] << 8) | buf[p + 1]
+                        p += 2
+                    else:
+                        v = (buf[p] << 24) | (buf[p + 1] << 16) | (buf[p + 2] << 8) | buf[p + 3]
+                        p += 4
+                    if neg:
+                        v = -1 - v
                     if key < 8:
                         if seen & (1 << key):
                             bad = E_SCHEMA
                             break
                         seen |= 1 << key
-                    k = d.next()
-                    if k == K_UINT or k == K_NEG:
-                        v = d.val
-                        if key == 0:
-                            cid = v
-                        elif key == 1:
-                            op = v
-                        elif key == 2:
-                            target = v
-                        elif key == 3:
-                            arg = v
-                        elif key == 4:
-                            arg2 = v
-                    elif k < 0:
-                        bad = d.err
-                        break
-                    elif is_policy and key == 4:
-                        pass  # the chunk: a byte string, already consumed by next()
-                    else:
-                        bad = E_SCHEMA
-                        break
+                    if key == 0:
+                        cid = v
+                    elif key == 1:
+                        op = v
+                    elif key == 2:
+                        target = v
+                    elif key == 3:
+                        arg = v
+                    elif key == 4:
+                        arg2 = v
+            if slow:
+                d = self.dec
+                d.reset(buf, off, off + n)
+                if d.next() != K_MAP:
+                    bad = E_SCHEMA
+                else:
+                    seen = 0
+                    for _ in range(d.val):
+                        if d.next() != K_UINT:
+                            bad = E_SCHEMA
+                            break
+                        key = d.val
+                        if key < 8:
+                            if seen & (1 << key):
+                                bad = E_SCHEMA
+                                break
+                            seen |= 1 << key
+                        k = d.next()
+                        if k == K_UINT or k == K_NEG:
+                            v = d.val
+                            if key == 0:
+                                cid = v
+                            elif key == 1:
+                                op = v
+                            elif key == 2:
+                                target = v
+                            elif key == 3:
+                                arg = v
+                            elif key == 4:
+                                arg2 = v
+                        elif k < 0:
+                            bad = d.err
+                            break
+                        elif is_policy and key == 4:
+                            pass  # the chunk: a byte string, already consumed by next()
+                        else:
+                            bad = E_SCHEMA
+                            break
         else:
             cid = self._salvage_id(buf, off, n)
         if cid < 1:
@@ -298,86 +430,79 @@ class BoardLink:
         self.res_next = i + 1 if i + 1 < RESULT_SLOTS else 0
         self.res_unsent += 1
 
+    def _queue_result(self, i):
+        """RESULT ``i`` of the ring into the reliable queue; False if refused."""
+        v = self.vals
+        v[0] = self.res_id[i]
+        v[1] = self.res_code[i]
+        v[2] = self.res_value[i]
+        return self._send_ints(T_RESULT, v, 3 if self.res_has_value[i] else 2)
+
     def _requeue_result(self, slot):
         # A duplicate of a command already answered: send the same verdict again
         # (the first RESULT may be in flight on a dead session).
-        self._encode_result(slot)
-        self._send(T_RESULT, self.payload, 0, self.enc.pos)
-
-    def _encode_result(self, i):
-        e = self.enc
-        e.reset(0)
-        e.map(3 if self.res_has_value[i] else 2)
-        e.uint(0)
-        e.uint(self.res_id[i])
-        e.uint(1)
-        e.uint(self.res_code[i])
-        if self.res_has_value[i]:
-            e.uint(2)
-            e.int(self.res_value[i])
+        self._queue_result(slot)
 
     def _queue_results(self):
-        link = self.link
-        while self.res_unsent and link.free_slots() > 0:
+        free = self.link.free_slots()
+        while self.res_unsent and free > 0:
             i = self.res_next - self.res_unsent
             if i < 0:
                 i += RESULT_SLOTS
-            self._encode_result(i)
-            if not self._send(T_RESULT, self.payload, 0, self.enc.pos):
+            if not self._queue_result(i):
                 return
             self.res_unsent -= 1
+            free -= 1
 
     # -- events and describe ---------------------------------------------------------------
     def _queue_events(self):
         ev = self.events
         link = self.link
-        e = self.enc
-        while ev.count and link.free_slots() > _RESERVED_FOR_RESULTS:
+        v = self.vals
+        free = link.free_slots()
+        while ev.count and free > _RESERVED_FOR_RESULTS:
             i = ev.head
-            e.reset(0)
-            e.map(6)
-            e.uint(0)
-            e.uint(ev.seq[i])
-            e.uint(1)
-            e.uint(ev.kind[i])
-            e.uint(2)
-            e.int(ev.source[i])
-            e.uint(3)
-            e.int(ev.value[i])
-            e.uint(4)
-            e.uint(ev.ms[i] & _MASK)
-            e.uint(5)
-            e.int(ev.aux[i])
-            if e.err or not self._send(T_EVENT, self.payload, 0, e.pos):
+            v[0] = ev.seq[i]
+            v[1] = ev.kind[i]
+            v[2] = ev.source[i]
+            v[3] = ev.value[i]
+            v[4] = ev.ms[i] & _MASK
+            v[5] = ev.aux[i]
+            if not self._send_ints(T_EVENT, v, 6):
                 return
             ev.pop()
+            free -= 1
 
     def _queue_describe(self):
         parts = self.describe
         link = self.link
-        while self.describe_next < len(parts) and link.free_slots() > _RESERVED_FOR_RESULTS:
+        while self.describe_next < self.n_describe and link.free_slots() > _RESERVED_FOR_RESULTS:
             p = parts[self.describe_next]
             if not self._send(T_DESCRIBE, p, 0, len(p)):
                 return
             self.describe_next += 1
 
     # -- transmit ----------------------------------------------------------------------------
-    def _write(self, now_ms):
+    def _transmit(self, now_ms):
+        # The frame in tx first, then the next ones, up to the write budget;
+        # what the HAL does not take stays in tx for the next tick.
         budget = self.budget
         hal = self.hal
         tx = self.tx
         while budget > 0:
-            if self.tx_pos >= self.tx_len:
+            p = self.tx_pos
+            if p >= self.tx_len:
                 n = self._poll(now_ms, tx, 0)
                 if n <= 0:
                     return
-                self.tx_pos = 0
+                p = 0
                 self.tx_len = n
-            want = self.tx_len - self.tx_pos
+            want = self.tx_len - p
             if want > budget:
                 want = budget
-            w = hal.serial_write(tx, self.tx_pos, want)
+            w = hal.serial_write(tx, p, want)
             if w <= 0:
+                self.tx_pos = p
                 return
-            self.tx_pos += w
+            self.tx_pos = p + w
             budget -= w

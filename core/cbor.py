@@ -30,6 +30,10 @@ sides name the same error at the same offset.
 Nothing on these paths allocates on a 32-bit MicroPython: no slicing, no
 tuples, no intermediate value reaches 2**30 (the top byte of a 4-byte
 argument is range-checked before the bytes are combined).
+
+``int_map_into``/``uints_into`` write the board's integer-only payloads
+(RESULT, EVENT, HEARTBEAT, TELEMETRY's tail) in one call each, without an
+Encoder call per item.
 """
 
 from array import array
@@ -360,6 +364,34 @@ class Decoder:
         On failure ``err`` is the code and ``pos`` the offending offset.
         """
         self.reset(buf, start, end)
+        if start < end:
+            # Fast path for the common payload, one array or map (< 24 items)
+            # of plain integers (CMD, HEARTBEAT): a single loop with no calls.
+            # It only ever answers E_OK, for exactly the items the full walk
+            # accepts; anything else (other kinds, 8-byte heads, a 4-byte head
+            # outside 30 bits, a count or head that runs past the end,
+            # trailing bytes) goes to the full walk, which names the error.
+            ib = buf[start]
+            if 0x80 <= ib < 0x98 or 0xA0 <= ib < 0xB8:
+                cnt = ib & 0x1F
+                if ib >= 0xA0:
+                    cnt += cnt
+                p = start + 1
+                while cnt and p < end:
+                    ib = buf[p]
+                    if ib < 0x18 or 0x20 <= ib < 0x38:
+                        p += 1
+                    elif ib == 0x18 or ib == 0x38:
+                        p += 2
+                    elif ib == 0x19 or ib == 0x39:
+                        p += 3
+                    elif (ib == 0x1A or ib == 0x3A) and p + 4 < end and buf[p + 1] < 0x40:
+                        p += 5
+                    else:
+                        break
+                    cnt -= 1
+                if not cnt and p == end:
+                    return E_OK
         if self.skip() < 0:
             return self.err
         if self.pos != end:
@@ -367,3 +399,75 @@ class Decoder:
             return E_CBOR
         self.pos = start
         return E_OK
+
+
+def int_map_into(buf, p, vals, n):
+    """Write ``{0: vals[0], 1: vals[1], ..., n-1: vals[n-1]}`` (integers, minimal
+    heads, n < 24) into ``buf`` from ``p``; returns the end offset, or -1 if a
+    value is outside -2**30 .. 2**30-1. The caller guarantees room for
+    ``1 + 6 * n`` bytes. One call per message instead of two per item (the
+    Encoder): what the board's RESULT/EVENT/HEARTBEAT encoding uses."""
+    buf[p] = _MT_MAP | n
+    p += 1
+    for j in range(n):
+        buf[p] = j
+        v = vals[j]
+        mt = _MT_UINT
+        if v < 0:
+            mt = _MT_NEG
+            v = -1 - v
+        if v < 24:
+            buf[p + 1] = mt | v
+            p += 2
+        elif v < 0x100:
+            buf[p + 1] = mt | 24
+            buf[p + 2] = v
+            p += 3
+        elif v < 0x10000:
+            buf[p + 1] = mt | 25
+            buf[p + 2] = v >> 8
+            buf[p + 3] = v & 0xFF
+            p += 4
+        elif not (v >> 30):  # (a 2**30 literal is a big int on a 32-bit VM)
+            buf[p + 1] = mt | 26
+            buf[p + 2] = v >> 24
+            buf[p + 3] = (v >> 16) & 0xFF
+            buf[p + 4] = (v >> 8) & 0xFF
+            buf[p + 5] = v & 0xFF
+            p += 6
+        else:
+            return -1
+    return p
+
+
+def uints_into(buf, p, vals, n):
+    """Write ``vals[0..n-1]`` as a run of unsigned integers (minimal heads,
+    no container head) into ``buf`` from ``p``; returns the end offset, or -1
+    if a value is outside 0 .. 2**30-1. The caller guarantees room for
+    ``5 * n`` bytes."""
+    for j in range(n):
+        v = vals[j]
+        if v < 0:
+            return -1
+        if v < 24:
+            buf[p] = v
+            p += 1
+        elif v < 0x100:
+            buf[p] = 24
+            buf[p + 1] = v
+            p += 2
+        elif v < 0x10000:
+            buf[p] = 25
+            buf[p + 1] = v >> 8
+            buf[p + 2] = v & 0xFF
+            p += 3
+        elif not (v >> 30):  # (a 2**30 literal is a big int on a 32-bit VM)
+            buf[p] = 26
+            buf[p + 1] = v >> 24
+            buf[p + 2] = (v >> 16) & 0xFF
+            buf[p + 3] = (v >> 8) & 0xFF
+            buf[p + 4] = v & 0xFF
+            p += 5
+        else:
+            return -1
+    return p

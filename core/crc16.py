@@ -28,7 +28,23 @@ def _make_table():
 
 
 _TABLE = _make_table()
-TABLE = _TABLE  # for a caller that folds the CRC into its own byte loop (frame.encode_frame)
+
+
+def _split(t, shift):
+    b = bytearray(256)
+    for i in range(256):
+        b[i] = (t[i] >> shift) & 0xFF
+    return b
+
+
+# The table split into its high and low bytes, for byte loops that keep the
+# CRC as two bytes (frame.encode_frame and Deframer): with
+# hi = crc >> 8, lo = crc & 0xFF one step is
+#     x = hi ^ b;  hi = lo ^ TABLE_HI[x];  lo = TABLE_LO[x]
+# which drops the shift and the two masks of the 16-bit form (fewer
+# bytecodes per byte on MicroPython).
+TABLE_HI = _split(_TABLE, 8)
+TABLE_LO = _split(_TABLE, 0)
 
 
 def crc16(buf, start, end, crc=0xFFFF):

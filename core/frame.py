@@ -17,7 +17,7 @@ from array import array
 
 from metal.core.cobs import cobs_encode
 from metal.core.compat import const
-from metal.core.crc16 import TABLE as _CRC_TABLE, crc16
+from metal.core.crc16 import TABLE_HI as _CRC_HI, TABLE_LO as _CRC_LO, crc16
 from metal.core.proto import (
     CRC_LEN,
     E_COBS,
@@ -47,13 +47,13 @@ def encode_frame(ftype, flags, seq, ack, payload, p_start, p_len, scratch, out, 
     """Encode one frame into ``out[out_start:]``, delimiter included.
 
     ``payload[p_start:p_start + p_len]`` is the CBOR payload (``payload`` may
-    be None when ``p_len`` is 0). If ``payload is scratch`` and ``p_start`` is
-    HEADER_LEN the payload is already in place (built there with
-    ``Encoder.reset(HEADER_LEN)``) and is not copied. ``scratch`` needs
-    MAX_BODY + CRC_LEN bytes (its contents afterwards are unspecified). Header
-    fields are masked to their widths (``ftype`` to 4 bits, the rest to 8).
-    Returns the number of bytes written, or -1 if ``p_len`` is negative or
-    above MAX_PAYLOAD, or a buffer is too small.
+    be None when ``p_len`` is 0); it is read where it is, never copied
+    (it may also sit in ``scratch`` after the header, built there with
+    ``Encoder.reset(HEADER_LEN)``). ``scratch`` needs MAX_BODY + CRC_LEN
+    bytes (its contents afterwards are unspecified). Header fields are masked
+    to their widths (``ftype`` to 4 bits, the rest to 8). Returns the number
+    of bytes written, or -1 if ``p_len`` is negative or above MAX_PAYLOAD, or
+    a buffer is too small.
     """
     if p_len < 0 or p_len > MAX_PAYLOAD:
         return -1
@@ -64,67 +64,60 @@ def encode_frame(ftype, flags, seq, ack, payload, p_start, p_len, scratch, out, 
     scratch[1] = flags & 0xFF
     scratch[2] = seq & 0xFF
     scratch[3] = ack & 0xFF
-    m = n + CRC_LEN  # <= 254: COBS adds one code byte, then the delimiter
-    if out_start + m + 2 > len(out):
+    if out_start + n + CRC_LEN + 2 > len(out):
         # ``out`` may be too small for this frame: the checked three-pass path
         return _encode_checked(payload, p_start, p_len, scratch, out, out_start)
 
-    # One pass over header, payload and CRC computes the CRC and COBS-encodes
-    # at once, reading the payload where it is (no copy into scratch). This is
-    # cobs.cobs_encode with crc16.crc16 folded in; ``out`` has room for the
-    # longest encoding (checked above), so the loop needs no bounds checks.
-    # Three pieces: scratch[0:4] (header), the payload, scratch[n:n+2] (CRC,
-    # stored once the payload is done).
-    t = _CRC_TABLE
-    crc = 0xFFFF
-    code_pos = out_start  # where the current group's code byte goes
-    o = out_start + 1
-    code = 1
-    full = 0  # 1 while the last group was closed by a full 254-byte run
-    src = scratch
-    i = 0
-    stop = HEADER_LEN
-    piece = 0
-    while True:
-        while i < stop:
-            b = src[i]
-            i += 1
-            crc = ((crc << 8) & 0xFF00) ^ t[((crc >> 8) ^ b) & 0xFF]
-            if b == 0:
-                out[code_pos] = code
-                code_pos = o
-                o += 1
-                code = 1
-                full = 0
-            else:
-                out[o] = b
-                o += 1
-                code += 1
-                if code == 0xFF:
-                    out[code_pos] = 0xFF
-                    code = 1
-                    full = 1
-                    code_pos = o
-                    o += 1
-        if piece == 0:
-            piece = 1
-            if p_len:
-                src = payload
-                i = p_start
-                stop = p_start + p_len
-        elif piece == 1:
-            piece = 2
-            scratch[n] = crc >> 8
-            scratch[n + 1] = crc & 0xFF
-            src = scratch
-            i = n
-            stop = n + CRC_LEN
+    # One pass over header and payload computes the CRC and COBS-encodes at
+    # once (cobs.cobs_encode with crc16.crc16 folded in). Each input byte
+    # takes exactly one output byte (itself, or for a 0x00 the code byte of
+    # the group it opens), so within a piece the output index is the input
+    # index plus a constant ``d``. body + CRC is at most 254 bytes, so no group
+    # can reach the 254-byte run that COBS splits: no run check per byte.
+    th = _CRC_HI
+    tl = _CRC_LO
+    hi = 0xFF
+    lo = 0xFF
+    cp = out_start  # the code byte of the open group
+    d = out_start + 1
+    for i in range(HEADER_LEN):
+        b = scratch[i]
+        x = hi ^ b
+        hi = lo ^ th[x]
+        lo = tl[x]
+        if b:
+            out[i + d] = b
         else:
-            break
-    if full and code == 1:
-        o -= 1  # a final 254-byte run: no trailing empty group (as cobs_encode)
+            o = i + d
+            out[cp] = o - cp
+            cp = o
+    d = out_start + 1 + HEADER_LEN - p_start
+    for i in range(p_start, p_start + p_len):
+        b = payload[i]
+        x = hi ^ b
+        hi = lo ^ th[x]
+        lo = tl[x]
+        if b:
+            out[i + d] = b
+        else:
+            o = i + d
+            out[cp] = o - cp
+            cp = o
+    # the CRC, big-endian: hi then lo
+    o = out_start + 1 + n
+    if hi:
+        out[o] = hi
     else:
-        out[code_pos] = code
+        out[cp] = o - cp
+        cp = o
+    o += 1
+    if lo:
+        out[o] = lo
+    else:
+        out[cp] = o - cp
+        cp = o
+    o += 1
+    out[cp] = o - cp  # the last group: at most 254 data bytes, code <= 0xFF
     out[o] = 0
     return o + 1 - out_start
 
@@ -156,13 +149,33 @@ class Deframer:
     ``payload_len``; ``body`` is valid until the next feed) or the E_* code
     of the frame just dropped. ``errors[code]`` counts drops per code,
     ``frames`` counts good frames; all wrap mod 2**30.
+
+    Bytes are COBS-decoded into ``body`` and checksummed as they arrive (one
+    pass, the state kept between feeds), so the delimiter only runs the
+    checks, in protocol order: COBS (a code byte pointed past the end),
+    SHORT, CRC, VERSION, TYPE. The CRC runs over the CRC bytes too: for this
+    CRC (no reflection, no final XOR) a body followed by its big-endian CRC
+    leaves 0, so a non-zero result is exactly a mismatch. Per byte::
+
+        0x00, nothing since the previous 0x00 -> ignored (empty frame / flush)
+        0x00 ----------------------------------> the checks; status; next frame
+        other, rem > 0 ------------------------> data: body[n], CRC; rem -= 1
+        other, rem == 0: a code byte c --------> the previous group's implied
+                                                 0x00 if its code was < 0xFF;
+                                                 rem = c - 1
+        the MAX_WIRE-th byte without a 0x00 ---> E_OVERSIZE; discard up to and
+                                                 including the next 0x00
     """
 
     def __init__(self):
-        # One buffer: frames accumulate here and are COBS-decoded in place.
         self._acc = bytearray(MAX_WIRE)
         self.body = self._acc
-        self._n = 0
+        self._n = 0  # decoded bytes in body
+        self._rem = 0  # data bytes left in the open group (0: a code byte is next)
+        self._zero = 0  # the open group ends with an implied 0x00 (1), no (0), cut short (2)
+        self._nc = 0  # encoded index of the next code byte (0: nothing received yet)
+        self._hi = 0xFF  # CRC so far, high and low byte
+        self._lo = 0xFF
         self._discard = False
         self.status = -1
         self.ftype = 0
@@ -174,9 +187,17 @@ class Deframer:
         self.errors = array("i", [0] * E_COUNT)
         self.frames = 0
 
+    def _restart(self):
+        self._n = 0
+        self._rem = 0
+        self._zero = 0
+        self._nc = 0
+        self._hi = 0xFF
+        self._lo = 0xFF
+
     def reset(self):
         """Drop any half-received frame (counters are kept)."""
-        self._n = 0
+        self._restart()
         self._discard = False
         self.status = -1
 
@@ -187,85 +208,98 @@ class Deframer:
 
     def feed(self, data, start, end):
         """Consume ``data[start:end]`` up to the end of one frame; return the next index."""
-        acc = self._acc
-        n = self._n
-        discard = self._discard
         i = start
-        while i < end:
-            b = data[i]
-            i += 1
-            if b == 0:
-                if discard:
-                    discard = False
-                    continue
-                if n == 0:
-                    continue  # empty frame / flush delimiter
-                self._n = 0
-                self._discard = False
-                self._check(n)
-                return i
-            if discard:
-                continue
-            if n >= _MAX_ENC:
-                self._n = 0
-                self._discard = True
-                self._drop(E_OVERSIZE)
-                return i
-            acc[n] = b
-            n += 1
-        self._n = n
-        self._discard = discard
-        self.status = -1
-        return i
-
-    def _check(self, n):
-        # COBS decode in place and CRC in one pass. _acc never holds a 0x00
-        # (feed() ends the frame there), so only the code bytes need checking.
-        # The CRC runs over the CRC bytes too: for this CRC (no reflection, no
-        # final XOR) a body followed by its big-endian CRC leaves 0, so a
-        # non-zero result is exactly a mismatch (what cobs_decode + crc16 +
-        # a compare found in three passes).
-        body = self._acc
-        t = _CRC_TABLE
-        crc = 0xFFFF
-        i = 0
-        o = 0
-        while i < n:
-            code = body[i]
-            i += 1
-            stop = i + code - 1
-            if stop > n:
-                self._drop(E_COBS)
-                return
-            while i < stop:
-                b = body[i]
+        if self._discard:
+            # after an oversize frame: everything up to and including the next 0x00
+            while i < end:
+                b = data[i]
                 i += 1
-                body[o] = b
-                o += 1
-                crc = ((crc << 8) & 0xFF00) ^ t[((crc >> 8) ^ b) & 0xFF]
-            if code != 0xFF and i < n:
-                body[o] = 0
-                o += 1
-                crc = ((crc << 8) & 0xFF00) ^ t[crc >> 8]
-        if o < _MIN_DECODED:
-            self._drop(E_SHORT)
-            return
-        if crc:
-            self._drop(E_CRC)
-            return
-        m = o - CRC_LEN
-        vt = body[0]
-        if (vt >> 4) != PROTO_VERSION:
-            self._drop(E_VERSION)
-            return
-        t = vt & 0x0F
-        if t == 0 or t > T_MAX:
-            self._drop(E_TYPE)
-            return
-        self.ftype = t
-        self.flags = body[1]
-        self.seq = body[2]
-        self.ack = body[3]
-        self.payload_len = m - HEADER_LEN
-        self.frames = (self.frames + 1) & _WRAP
-        self.status = E_OK
+                if not b:
+                    self._discard = False
+                    break
+            if self._discard:
+                self.status = -1
+                return i
+        body = self._acc
+        n = self._n
+        rem = self._rem
+        zero = self._zero
+        nc = self._nc
+        hi = self._hi
+        lo = self._lo
+        th = _CRC_HI
+        tl = _CRC_LO
+        for j in range(i, end):
+            b = data[j]
+            if rem and b:
+                # a data byte (the common case, first)
+                rem -= 1
+                body[n] = b
+                n += 1
+                x = hi ^ b
+                hi = lo ^ th[x]
+                lo = tl[x]
+            elif b:
+                # a code byte, at encoded index nc
+                if nc >= _MAX_ENC:
+                    # the MAX_WIRE-th byte without a delimiter
+                    self._restart()
+                    self._discard = True
+                    self._drop(E_OVERSIZE)
+                    return j + 1
+                if zero:
+                    # the previous group's implied 0x00 (a group follows it)
+                    body[n] = 0
+                    n += 1
+                    x = hi
+                    hi = lo ^ th[x]
+                    lo = tl[x]
+                zero = 1 if b < 0xFF else 0
+                c = nc + b
+                if c > _MAX_ENC:
+                    # The group runs past the longest frame: take its data up
+                    # to the limit, where the next byte is oversize (or the
+                    # delimiter finds it cut short: zero = 2, a COBS error).
+                    c = _MAX_ENC
+                    zero = 2
+                rem = c - nc - 1
+                nc = c
+            elif nc:
+                # the delimiter of a frame: the checks, in protocol order
+                self._n = 0
+                self._rem = 0
+                self._zero = 0
+                self._nc = 0
+                self._hi = 0xFF
+                self._lo = 0xFF
+                if rem or zero == 2:
+                    self._drop(E_COBS)  # a code byte pointed past the end of the frame
+                elif n < _MIN_DECODED:
+                    self._drop(E_SHORT)
+                elif hi | lo:
+                    self._drop(E_CRC)
+                else:
+                    vt = body[0]
+                    t = vt & 0x0F
+                    if (vt >> 4) != PROTO_VERSION:
+                        self._drop(E_VERSION)
+                    elif t == 0 or t > T_MAX:
+                        self._drop(E_TYPE)
+                    else:
+                        self.ftype = t
+                        self.flags = body[1]
+                        self.seq = body[2]
+                        self.ack = body[3]
+                        self.payload_len = n - CRC_LEN - HEADER_LEN
+                        self.frames = (self.frames + 1) & _WRAP
+                        self.status = E_OK
+                return j + 1
+            # else: an empty frame / flush delimiter, ignored
+        self._n = n
+        self._rem = rem
+        self._zero = zero
+        self._nc = nc
+        self._hi = hi
+        self._lo = lo
+        self.status = -1
+        return end

@@ -7,13 +7,20 @@ never touches a port or a clock: the caller feeds received bytes with
 ``poll(now_ms, out, out_start)``; ``now_ms`` is a ticks value (ms mod 2**30)
 compared only with ``ticks_diff``/``ticks_add``.
 
-Board rules: everything is preallocated in ``__init__`` (a window of W
-frames inside a queue of Q reliable slots of MAX_PAYLOAD bytes, one slot per
-unreliable type, one frame scratch buffer, one Deframer/Encoder/Decoder);
-after that ``feed``, ``poll`` and ``send`` allocate nothing, return no tuples,
+Board rules: everything is preallocated in ``__init__`` (``pbuf``: a queue
+of Q reliable slots of MAX_PAYLOAD bytes holding a window of W frames, one
+slot per unreliable type and one for our HELLO; a frame scratch buffer; one
+Deframer/Encoder/Decoder); after that ``feed``, ``poll``, ``send``,
+``reserve``/``commit`` and ``send_ints`` allocate nothing, return no tuples,
 read no slices, raise nothing, use no floats and keep every integer below
 2**30 (counters wrap with & 0x3FFFFFFF). Only the host-only paths allocate
 (choosing a session id, formatting a refusal text).
+
+A sender may build a payload in its slot instead of copying it in:
+``reserve(mtype)`` gives the offset in ``pbuf``, ``commit(mtype, n)`` queues
+it; ``send_ints`` does that for a map of integers (RESULT, EVENT). A poller
+with nothing else to do may skip ``poll`` while the link is ``quiet`` and
+its ``wake_ms`` has not come (see ``poll``).
 
 Session state machine
 ---------------------
@@ -100,7 +107,7 @@ RTO = SRTT + max(G, 4*RTTVAR), clamped to rto_min .. rto_max.
 
 from array import array
 
-from metal.core.cbor import K_MAP, K_TEXT, K_UINT, Decoder, Encoder
+from metal.core.cbor import K_MAP, K_TEXT, K_UINT, Decoder, Encoder, int_map_into
 from metal.core.compat import IS_MICROPYTHON, const, ticks_add, ticks_diff
 from metal.core.frame import Deframer, encode_frame
 from metal.core.proto import (
@@ -111,7 +118,6 @@ from metal.core.proto import (
     E_SCHEMA,
     E_SHORT,
     F_ACK,
-    HEADER_LEN,
     MAX_PAYLOAD,
     MAX_WIRE,
     PROTO_MAX,
@@ -162,6 +168,16 @@ _MASK = const(0x3FFFFFFF)
 _NU = const(3)  # unreliable app slots: TELEMETRY, HEARTBEAT, LOG
 _RTT_CAP = const(60000)  # RTT samples are clamped here (keeps srtt8 small)
 _NO_SLOT = const(0xFF)
+_WIRE_EXTRA = const(8)  # wire bytes besides the payload: header 4, CRC 2, COBS code 1, delimiter 1
+
+# what _select() chose to send
+_TX_NONE = const(0)
+_TX_HELLO = const(1)
+_TX_NAK = const(2)
+_TX_RTX = const(3)  # a retransmission from the window
+_TX_NEW = const(4)  # a reliable frame's first transmission
+_TX_UNREL = const(5)  # TELEMETRY / HEARTBEAT / LOG
+_TX_ACK = const(6)
 
 _CPY = not IS_MICROPYTHON
 
@@ -225,14 +241,34 @@ class Link:
         # new host session -> queue DESCRIBE; host: saw the echo)
         self.session_started = False
 
+        # -- payloads: one buffer of MAX_PAYLOAD-byte slots ---------------------------
+        # [0, Q): the reliable queue; [Q, Q + _NU): one slot per unreliable
+        # type; then our HELLO. A frame's payload is always
+        # pbuf[_tx_off:_tx_off + _tx_len], and reserve() hands out slots in it.
+        self.pbuf = bytearray((queue + _NU + 1) * MAX_PAYLOAD)
+        self._hello_off = (queue + _NU) * MAX_PAYLOAD
+
         # -- codec -----------------------------------------------------------------
         self._df = Deframer()
-        self._scratch = bytearray(MAX_WIRE)  # frame body + CRC; HELLO built in place
-        self._enc = Encoder(self._scratch)
+        self._scratch = bytearray(MAX_WIRE)  # header + CRC for encode_frame (poll)
+        self._enc = Encoder(self.pbuf)  # HELLO, built in its slot
         self._dec = Decoder()
 
+        # -- the frame _select() chose: header fields, payload in pbuf ---------------
+        self._tx_type = 0
+        self._tx_flags = 0
+        self._tx_seq = 0
+        self._tx_ack = 0
+        self._tx_off = 0
+        self._tx_len = 0
+        self._tx_slot = 0
+        # The caller's idle fast path (see poll): nothing is due while quiet,
+        # until wake_ms if wake_on.
+        self.quiet = False
+        self.wake_on = False
+        self.wake_ms = 0
+
         # -- reliable sender: ring of Q slots, oldest (seq una) at _qhead ----------
-        self._qbuf = bytearray(queue * MAX_PAYLOAD)
         self._qlen = array("H", [0] * queue)
         self._qtype = bytearray(queue)
         # ticks of the first transmission: a list, so a 64-bit port's ticks fit
@@ -289,9 +325,9 @@ class Link:
         self._utype = bytearray((T_TELEMETRY, T_HEARTBEAT, T_LOG))
         for u in range(_NU):
             self._uidx[self._utype[u]] = u
-        self._ubuf = bytearray(_NU * MAX_PAYLOAD)
         self._ulen = array("H", [0] * _NU)
         self._upend = bytearray(_NU)
+        self._upend_n = 0  # how many _upend are set
         self._urr = 0
         self._tel_tx = 0
         self._tel_rx_have = False
@@ -312,6 +348,7 @@ class Link:
             ib[i] = entries_buf[i]
         self._ident_len = n_bytes
         self._ident_n = n_entries
+        self.quiet = False
         return True
 
     def queued(self):
@@ -330,24 +367,90 @@ class Link:
         reliable messages are kept. A board goes back to sending HELLO with
         session 0; a host starts a new session on its next poll."""
         self._go_idle()
+        self.quiet = False
 
     def send(self, mtype, payload, start, n):
         """Queue a message. Reliable types take a queue slot (False when the
         queue is full, counted in S_QUEUE_OVERFLOWS); TELEMETRY, HEARTBEAT and
         LOG overwrite their slot (latest wins). HELLO/ACK/NAK belong to the
-        link: False."""
+        link: False. The payload is copied (see reserve() to build it in place)."""
+        if n < 0 or n > MAX_PAYLOAD:
+            return False
+        o = self.reserve(mtype)
+        if o < 0:
+            return False
+        buf = self.pbuf
+        if _CPY:
+            buf[o : o + n] = payload[start : start + n]
+        elif start == 0 and n == len(payload):
+            buf[o : o + n] = payload  # a whole buffer: one copy, no slice read
+        else:
+            d = o - start
+            for i in range(start, start + n):
+                buf[i + d] = payload[i]
+        return self.commit(mtype, n)
+
+    def reserve(self, mtype):
+        """The offset in ``pbuf`` where the next ``mtype`` message goes, so the
+        caller builds its payload there (at most MAX_PAYLOAD bytes) and then
+        calls ``commit(mtype, n)``, with no other call to this link in
+        between; nothing is queued until then. -1 when it cannot be queued:
+        HELLO/ACK/NAK, or the reliable queue is full (counted in
+        S_QUEUE_OVERFLOWS). An unreliable type has one slot: building there
+        overwrites its unsent message (latest wins)."""
+        if mtype < 1 or mtype > T_MAX:
+            return -1
+        if (RELIABLE_TYPES >> mtype) & 1:
+            c = self._qcount
+            if c >= self.queue_slots:
+                self._inc(S_QUEUE_OVERFLOWS)
+                return -1
+            k = self._qhead + c
+            if k >= self.queue_slots:
+                k -= self.queue_slots
+            return k * MAX_PAYLOAD
+        u = self._uidx[mtype]
+        if u == _NO_SLOT:
+            return -1
+        return (self.queue_slots + u) * MAX_PAYLOAD
+
+    def send_ints(self, mtype, vals, n):
+        """Queue a reliable message whose payload is the CBOR map ``{0:
+        vals[0], ..., n-1: vals[n-1]}`` of integers (n < 24), encoded straight
+        into its queue slot (what the board's RESULT and EVENT are). False
+        when refused, as send(); also for a value outside 30 bits."""
+        if mtype < 1 or mtype > T_MAX or not (RELIABLE_TYPES >> mtype) & 1:
+            return False
+        c = self._qcount
+        if c >= self.queue_slots:
+            self._inc(S_QUEUE_OVERFLOWS)
+            return False
+        k = self._qhead + c
+        if k >= self.queue_slots:
+            k -= self.queue_slots
+        o = k * MAX_PAYLOAD
+        e = int_map_into(self.pbuf, o, vals, n)
+        if e < 0:
+            return False
+        self._qlen[k] = e - o
+        self._qtype[k] = mtype
+        self._qtx[k] = 0
+        self._qcount = c + 1
+        self.quiet = False
+        return True
+
+    def commit(self, mtype, n):
+        """Queue the ``n``-byte message built at ``reserve(mtype)``. False if
+        ``n`` is out of range or the reservation was refused."""
         if n < 0 or n > MAX_PAYLOAD or mtype < 1 or mtype > T_MAX:
             return False
         if (RELIABLE_TYPES >> mtype) & 1:
             c = self._qcount
             if c >= self.queue_slots:
-                self._inc(S_QUEUE_OVERFLOWS)
                 return False
             k = self._qhead + c
             if k >= self.queue_slots:
                 k -= self.queue_slots
-            o = k * MAX_PAYLOAD
-            buf = self._qbuf
             self._qlen[k] = n
             self._qtype[k] = mtype
             self._qtx[k] = 0
@@ -356,16 +459,11 @@ class Link:
             u = self._uidx[mtype]
             if u == _NO_SLOT:
                 return False
-            o = u * MAX_PAYLOAD
-            buf = self._ubuf
             self._ulen[u] = n
-            self._upend[u] = 1
-        if _CPY:
-            buf[o : o + n] = payload[start : start + n]
-        else:
-            d = o - start
-            for i in range(start, start + n):
-                buf[i + d] = payload[i]
+            if not self._upend[u]:
+                self._upend[u] = 1
+                self._upend_n += 1
+        self.quiet = False
         return True
 
     def feed(self, data, start, end, now_ms):
@@ -390,13 +488,53 @@ class Link:
                 continue
             if self._rx_frame(now_ms):
                 break
-        self._add(S_RX_BYTES, i - start)
+        s = self.stats
+        s[S_RX_BYTES] = (s[S_RX_BYTES] + i - start) & _MASK
         return i
 
     def poll(self, now_ms, out, out_start):
         """Run the timers and write at most one wire frame into ``out`` from
         ``out_start`` (needs MAX_WIRE bytes). Returns its length, 0 if nothing
-        is due."""
+        is due.
+
+        After a 0, ``quiet`` is True until something may make a frame due: a
+        received HELLO, NAK or reliable frame, an ack that opens the window,
+        a frame error, commit/send, disconnect, set_identity; or ``wake_ms``
+        when ``wake_on`` (the retransmission or HELLO deadline; an ack moves
+        it). So a caller may skip poll() while
+        ``quiet and (not wake_on or ticks_diff(now, wake_ms) < 0)``."""
+        if (
+            self.state == ST_CONNECTED
+            and not (self._hello_pending or self._nak_pending or self._ack_pending
+                     or self._upend_n)
+            and self._rtx_idx >= self._rtx_end
+            and (self._inflight >= self._qcount or self._inflight >= self.window)
+            and not (self._timer_on and self._inflight
+                     and ticks_diff(now_ms, self._timer_due) >= 0)
+        ):
+            k = _TX_NONE  # the common case, without the calls of _select
+        else:
+            k = self._select(now_ms)
+        if k == _TX_NONE:
+            self.quiet = True
+            if self.state == ST_CONNECTED:
+                self.wake_on = self._timer_on and self._inflight > 0
+                self.wake_ms = self._timer_due
+            else:
+                self.wake_on = self._hello_timer_on
+                self.wake_ms = self._hello_due
+            return 0
+        w = encode_frame(self._tx_type, self._tx_flags, self._tx_seq, self._tx_ack, self.pbuf,
+                         self._tx_off, self._tx_len, self._scratch, out, out_start)
+        if w <= 0:
+            return 0
+        self._sent(k, now_ms)
+        return w
+
+    def _select(self, now_ms):
+        """Run the timers and choose the next frame (protocol.md §11 priority):
+        sets the _tx_* fields and returns its _TX_* kind. Changes nothing that
+        belongs to sending it (that is _sent, once it is out)."""
         st = self.state
         if st == ST_CONNECTED:
             if (
@@ -419,88 +557,115 @@ class Link:
                     self._hello_pending = True
 
         if self._hello_pending:
-            return self._tx_hello(now_ms, out, out_start)
+            return self._pick_hello()
         if st != ST_CONNECTED:
-            return 0
+            return _TX_NONE
 
         if self._nak_pending:
-            n = self._emit(T_NAK, 0, None, 0, 0, out, out_start)
-            if n > 0:
-                self._nak_pending = False
-                self._nak_for = self._rcv_nxt
-                self._nak_ever = True
-                self._last_nak = now_ms
-                self._inc(S_NAKS_TX)
-            return n
+            self._describe(T_NAK, 0, 0, 0)
+            return _TX_NAK
 
         if self._rtx_idx < self._rtx_end:
             r = self._rtx_idx
             k = self._qhead + r
             if k >= self.queue_slots:
                 k -= self.queue_slots
-            n = self._emit(
-                self._qtype[k],
-                (self._una + r) & 0xFF,
-                self._qbuf,
-                k * MAX_PAYLOAD,
-                self._qlen[k],
-                out,
-                out_start,
-            )
-            if n > 0:
-                self._rtx_idx = r + 1
-                if self._qtx[k] < 255:
-                    self._qtx[k] += 1
-                self._inc(S_RETRANSMITS)
-            return n
+            self._describe(self._qtype[k], self._una + r, k * MAX_PAYLOAD, self._qlen[k])
+            self._tx_slot = k
+            return _TX_RTX
 
         r = self._inflight
         if r < self._qcount and r < self.window:
             k = self._qhead + r
             if k >= self.queue_slots:
                 k -= self.queue_slots
-            n = self._emit(
-                self._qtype[k],
-                (self._una + r) & 0xFF,
-                self._qbuf,
-                k * MAX_PAYLOAD,
-                self._qlen[k],
-                out,
-                out_start,
-            )
-            if n > 0:
-                self._qsent[k] = now_ms
-                self._qtx[k] = 1
-                self._inflight = r + 1
-                if not self._timer_on:
-                    self._timer_on = True
-                    self._timer_due = ticks_add(now_ms, self.rto_ms)
-            return n
+            # (_describe, written out: the most frequent frame)
+            self._tx_type = self._qtype[k]
+            self._tx_seq = (self._una + r) & 0xFF
+            self._tx_off = k * MAX_PAYLOAD
+            self._tx_len = self._qlen[k]
+            self._tx_flags = F_ACK
+            self._tx_ack = self._rcv_nxt
+            self._tx_slot = k
+            return _TX_NEW
 
         u = self._urr
-        for _ in range(_NU):
+        for _ in range(_NU if self._upend_n else 0):
             if self._upend[u]:
                 t = self._utype[u]
-                seq = 0
-                if t == T_TELEMETRY:
-                    seq = self._tel_tx & 0xFF
-                n = self._emit(t, seq, self._ubuf, u * MAX_PAYLOAD, self._ulen[u], out, out_start)
-                if n > 0:
-                    self._upend[u] = 0
-                    if t == T_TELEMETRY:
-                        self._tel_tx = (self._tel_tx + 1) & _MASK
-                    u += 1
-                    if u >= _NU:
-                        u = 0
-                    self._urr = u
-                return n
+                self._describe(
+                    t,
+                    self._tel_tx if t == T_TELEMETRY else 0,
+                    (self.queue_slots + u) * MAX_PAYLOAD,
+                    self._ulen[u],
+                )
+                self._tx_slot = u
+                return _TX_UNREL
             u += 1
             if u >= _NU:
                 u = 0
 
         if self._ack_pending:
-            return self._emit(T_ACK, 0, None, 0, 0, out, out_start)
-        return 0
+            self._describe(T_ACK, 0, 0, 0)
+            return _TX_ACK
+        return _TX_NONE
+
+    def _describe(self, t, seq, off, n):
+        self._tx_type = t
+        self._tx_seq = seq & 0xFF
+        self._tx_off = off
+        self._tx_len = n
+        if self.state == ST_CONNECTED:
+            self._tx_flags = F_ACK
+            self._tx_ack = self._rcv_nxt
+        else:
+            self._tx_flags = 0
+            self._tx_ack = 0
+
+    def _sent(self, kind, now_ms):
+        """The frame _select() chose was encoded: the transmit bookkeeping."""
+        if self.state == ST_CONNECTED:
+            self._ack_pending = False
+        s = self.stats
+        s[S_TX_FRAMES] = (s[S_TX_FRAMES] + 1) & _MASK
+        s[S_TX_BYTES] = (s[S_TX_BYTES] + self._tx_len + _WIRE_EXTRA) & _MASK
+        if kind == _TX_NEW:
+            k = self._tx_slot
+            self._qsent[k] = now_ms
+            self._qtx[k] = 1
+            self._inflight += 1
+            if not self._timer_on:
+                self._timer_on = True
+                self._timer_due = ticks_add(now_ms, self.rto_ms)
+        elif kind == _TX_UNREL:
+            u = self._tx_slot
+            self._upend[u] = 0
+            self._upend_n -= 1
+            if self._utype[u] == T_TELEMETRY:
+                self._tel_tx = (self._tel_tx + 1) & _MASK
+            u += 1
+            if u >= _NU:
+                u = 0
+            self._urr = u
+        elif kind == _TX_RTX:
+            k = self._tx_slot
+            self._rtx_idx += 1
+            if self._qtx[k] < 255:
+                self._qtx[k] += 1
+            self._inc(S_RETRANSMITS)
+        elif kind == _TX_NAK:
+            self._nak_pending = False
+            self._nak_for = self._rcv_nxt
+            self._nak_ever = True
+            self._last_nak = now_ms
+            self._inc(S_NAKS_TX)
+        elif kind == _TX_HELLO:
+            self._hello_pending = False
+            if self.state == ST_CONNECTING or (
+                self.role == ROLE_BOARD and self.state != ST_CONNECTED
+            ):
+                self._hello_timer_on = True
+                self._hello_due = ticks_add(now_ms, self.hello_interval_ms)
 
     # =========================================================================
     # receive path
@@ -527,6 +692,7 @@ class Link:
             # a frame was damaged on the line: maybe the one we expect
             if not self._nak_ever or ticks_diff(now, self._last_nak) >= self._rtt_gap():
                 self._nak_pending = True
+                self.quiet = False
 
     def _deliver(self, t, err):
         df = self._df
@@ -544,12 +710,19 @@ class Link:
         return self._dec.validate(df.body, s, s + df.payload_len)
 
     def _rx_frame(self, now):
+        # ``quiet`` (see poll) is cleared by whatever may make a frame
+        # due: a HELLO, a NAK, a reliable frame (an ack or NAK owed), an ack
+        # that opens the window (_rx_ack). An ACK frame that only releases
+        # frames keeps it, and a received TELEMETRY/HEARTBEAT/LOG changes
+        # nothing here (an answer is queued with commit(), which clears it).
         df = self._df
         t = df.ftype
-        self._inc(S_RX_FRAMES)
+        stats = self.stats
+        stats[S_RX_FRAMES] = (stats[S_RX_FRAMES] + 1) & _MASK
         if t == T_HELLO:
             # acks on HELLO frames are not used: a HELLO may be the first
             # frame of a new session, before which numbers mean nothing
+            self.quiet = False
             return self._rx_hello()
         if self.state != ST_CONNECTED:
             self._inc(S_IGNORED)
@@ -559,6 +732,7 @@ class Link:
         if t == T_ACK:
             return False
         if t == T_NAK:
+            self.quiet = False
             self._inc(S_NAKS_RX)
             # Obey, unless this NAK may predate the round we already started
             # from the same number (it left the peer before our resend arrived)
@@ -570,6 +744,7 @@ class Link:
                 self._start_rtx(now)
             return False
         if (RELIABLE_TYPES >> t) & 1:
+            self.quiet = False
             return self._rx_reliable(now)
         if t == T_TELEMETRY:
             s = df.seq
@@ -596,10 +771,19 @@ class Link:
             self._ack_pending = True
             self._nak_pending = False  # whatever we wanted to NAK is moot now
             self._ahead_d = 0
-            e = self._validate()
+            # (_validate and _deliver, written out: every CMD comes this way)
+            s = df.payload_start
+            n = df.payload_len
+            e = self._dec.validate(df.body, s, s + n)
             if e != E_OK:
                 self._inc(S_PAYLOAD_ERRORS)
-            self._deliver(df.ftype, e)
+            self.ev = EV_MESSAGE
+            self.rx_type = df.ftype
+            self.rx_buf = df.body
+            self.rx_off = s
+            self.rx_len = n
+            self.rx_err = e
+            self.rx_seq = df.seq
             return True
         if d >= 256 - self.window:
             self._inc(S_DUPLICATES)
@@ -642,6 +826,13 @@ class Link:
             self._timer_due = ticks_add(now, self.rto_ms)
         else:
             self._timer_on = False
+        if self.quiet:
+            # (a go-back-N round cannot be pending: quiet means none was)
+            if self._inflight < self._qcount:
+                self.quiet = False  # the window opened for a waiting frame
+            else:
+                self.wake_on = self._timer_on
+                self.wake_ms = self._timer_due
 
     def _rtt_sample(self, r):
         if r < 0:
@@ -910,22 +1101,12 @@ class Link:
     # transmit helpers
     # =========================================================================
 
-    def _emit(self, t, seq, buf, off, n, out, pos):
-        if self.state == ST_CONNECTED:
-            w = encode_frame(t, F_ACK, seq, self._rcv_nxt, buf, off, n, self._scratch, out, pos)
-        else:
-            w = encode_frame(t, 0, seq, 0, buf, off, n, self._scratch, out, pos)
-        if w <= 0:
-            return 0
-        if self.state == ST_CONNECTED:
-            self._ack_pending = False
-        self._inc(S_TX_FRAMES)
-        self._add(S_TX_BYTES, w)
-        return w
-
-    def _tx_hello(self, now, out, pos):
+    def _pick_hello(self):
+        """Build our HELLO in its slot and describe it (_TX_HELLO), or _TX_NONE
+        if it cannot be built (set_identity bounds it: cannot happen)."""
         enc = self._enc
-        enc.reset(HEADER_LEN)
+        o = self._hello_off
+        enc.reset(o)
         if self.role == ROLE_BOARD:
             enc.map(3 + self._ident_n)
             enc.uint(0)
@@ -950,16 +1131,9 @@ class Link:
             enc.uint(self.proto)
             enc.uint(3)
             enc.uint(self.session)
-        n = enc.pos - HEADER_LEN
+        n = enc.pos - o
         if enc.err or n > MAX_PAYLOAD:
-            self._hello_pending = False  # cannot happen: set_identity bounds it
-            return 0
-        n = self._emit(T_HELLO, 0, self._scratch, HEADER_LEN, n, out, pos)
-        if n > 0:
             self._hello_pending = False
-            if self.state == ST_CONNECTING or (
-                self.role == ROLE_BOARD and self.state != ST_CONNECTED
-            ):
-                self._hello_timer_on = True
-                self._hello_due = ticks_add(now, self.hello_interval_ms)
-        return n
+            return _TX_NONE
+        self._describe(T_HELLO, 0, o, n)
+        return _TX_HELLO

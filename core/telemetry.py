@@ -3,10 +3,13 @@
 The payload is a positional CBOR array; its first element is one byte string
 of packed little-endian values plus 4-bit states, which keeps the reference
 sim board's frame under 96 bytes on the wire. Buffers are claimed in
-``__init__``; ``encode`` only writes into them.
+``__init__``; ``encode`` only writes into ``buf`` (which the firmware points
+at the board link's TELEMETRY slot, so the payload is never copied), and
+``encode_into`` into any buffer. Every byte is written inline, without an
+Encoder call per item: on the 32-bit VM a call costs as much as a value's work.
 """
 
-from metal.core.cbor import Encoder
+from metal.core.cbor import uints_into
 from metal.core.compat import const
 from metal.core.proto import MAX_PAYLOAD, SENSOR_OK
 
@@ -21,27 +24,42 @@ class TelemetryEncoder:
         self.n_rails = n_rails
         n_states = n_sensors + n_fans + n_rails
         self.analog_len = 2 * (n_sensors + 2 * n_fans + 2 * n_rails) + (n_states + 1) // 2
+        # array head 1 + byte-string head <= 3 + analog + 9 integers of <= 5 bytes
         if self.analog_len + 48 > MAX_PAYLOAD:
             raise ValueError("telemetry does not fit a frame for this board")
-        self.buf = bytearray(MAX_PAYLOAD)
-        self.enc = Encoder(self.buf)
+        # where encode() writes; a memoryview, so that the firmware can point
+        # it at the link's TELEMETRY slot (BoardLink.telemetry_buf): no copy
+        self.buf = memoryview(bytearray(MAX_PAYLOAD))
         self.len = 0
+        self._tail = [0] * (N_FIELDS - 1)  # positions 1..9, staged for uints_into
 
     def encode(self, sensors, fans, power, gpio_levels, tripped, latched, status,
                tick_us_last, tick_us_window_max, overruns, queue_overflows):
-        """Encode one payload into ``self.buf``; returns its length (0 on an
-        encoder error, which a correctly sized board never hits)."""
-        e = self.enc
-        e.reset(0)
-        e.array(N_FIELDS)
-        p = e.reserve_bytes(self.analog_len)
-        if p < 0:
-            self.len = 0
-            return 0
-        # 2 × (S + 2F + 2R) bytes of uint16 LE, then S + F + R nibbles. Each
+        """Encode one payload into ``self.buf``; returns its length (0 on a
+        value out of range, which a correctly built board never produces)."""
+        n = self.encode_into(self.buf, 0, sensors, fans, power, gpio_levels, tripped, latched,
+                             status, tick_us_last, tick_us_window_max, overruns,
+                             queue_overflows)
+        self.len = n
+        return n
+
+    def encode_into(self, buf, off, sensors, fans, power, gpio_levels, tripped, latched,
+                    status, tick_us_last, tick_us_window_max, overruns, queue_overflows):
+        """``encode`` into ``buf[off:off + MAX_PAYLOAD]``; returns the length."""
+        b = buf
+        p = off
+        al = self.analog_len
+        b[p] = 0x80 | N_FIELDS  # array(10)
+        if al < 24:
+            b[p + 1] = 0x40 | al
+            p += 2
+        else:
+            b[p + 1] = 0x58  # byte string, 1-byte length (analog_len <= 200)
+            b[p + 2] = al
+            p += 3
+        # 2 x (S + 2F + 2R) bytes of uint16 LE, then S + F + R nibbles. Each
         # loop writes its bytes itself: a helper call per value (or per
         # nibble) cost ~50 calls per frame, the bulk of it on the 32-bit VM.
-        b = self.buf
         mc = sensors.mc
         sst = sensors.state
         for i in range(self.n_sensors):
@@ -122,17 +140,19 @@ class TelemetryEncoder:
             else:
                 b[p] = v
                 half = 1
-        e.uint(gpio_levels)
-        e.uint(tripped)
-        e.uint(latched)
-        e.uint(status)
-        e.uint(power.power_state)
-        e.uint(tick_us_last)
-        e.uint(tick_us_window_max)
-        e.uint(overruns)
-        e.uint(queue_overflows)
-        if e.err:
-            self.len = 0
+        if half:
+            p += 1
+        t = self._tail
+        t[0] = gpio_levels
+        t[1] = tripped
+        t[2] = latched
+        t[3] = status
+        t[4] = power.power_state
+        t[5] = tick_us_last
+        t[6] = tick_us_window_max
+        t[7] = overruns
+        t[8] = queue_overflows
+        p = uints_into(b, p, t, N_FIELDS - 1)
+        if p < 0:
             return 0
-        self.len = e.pos
-        return e.pos
+        return p - off

@@ -19,6 +19,8 @@ from metal.core.cbor import (
     MAX_DEPTH,
     Decoder,
     Encoder,
+    int_map_into,
+    uints_into,
 )
 from metal.core.proto import E_CBOR, E_OK, E_OVERFLOW, E_RANGE, E_UNSUPPORTED
 
@@ -397,3 +399,110 @@ def test_never_raises_on_garbage(data):
     while d.skip() != K_ERROR:
         pass
     assert d.err in (E_CBOR, E_UNSUPPORTED, E_RANGE)
+
+
+# -- validate's fast path, int_map_into, uints_into ----------------------------------------
+
+
+def _full_walk(b):
+    """validate() without its fast path: skip one item, then no trailing bytes."""
+    d = Decoder()
+    d.reset(b, 0, len(b))
+    if d.skip() < 0:
+        return d.err
+    return E_OK if d.pos == len(b) else E_CBOR
+
+
+def _int_head(v, width):
+    """An integer head of ``width`` extra bytes (0 = in the initial byte),
+    non-minimal when wider than needed; None if ``v`` does not fit."""
+    mt, a = (0x00, v) if v >= 0 else (0x20, -1 - v)
+    if width == 0:
+        return bytes([mt | a]) if a < 24 else None
+    if a >= 1 << (8 * width):
+        return None
+    ai = {1: 24, 2: 25, 4: 26, 8: 27}[width]
+    return bytes([mt | ai]) + a.to_bytes(width, "big")
+
+
+@st.composite
+def flat_int_containers(draw):
+    """A map or array of integers (any head width), then maybe damaged."""
+    n = draw(st.integers(0, 26))
+    is_map = draw(st.booleans())
+    items = draw(st.lists(st.integers(-(2**31), 2**31), min_size=2 * n if is_map else n,
+                          max_size=2 * n if is_map else n))
+    out = bytearray()
+    head = 0xA0 if is_map else 0x80
+    out += bytes([head | n]) if n < 24 else bytes([head | 24, n])
+    for v in items:
+        h = None
+        while h is None:
+            h = _int_head(v, draw(st.sampled_from([0, 1, 2, 4, 8])))
+            if h is None:
+                v = draw(st.integers(-24, 23))
+        out += h
+    how = draw(st.sampled_from(["keep", "keep", "cut", "extend", "flip"]))
+    if how == "cut" and out:
+        del out[draw(st.integers(0, len(out) - 1)):]
+    elif how == "extend":
+        out += draw(st.binary(min_size=1, max_size=4))
+    elif how == "flip" and out:
+        i = draw(st.integers(0, len(out) - 1))
+        out[i] ^= 1 << draw(st.integers(0, 7))
+    return bytes(out)
+
+
+@settings(max_examples=600, deadline=None)
+@given(flat_int_containers())
+def test_validate_fast_path_agrees_with_the_full_walk(b):
+    d = Decoder()
+    assert d.validate(b, 0, len(b)) == _full_walk(b)
+    # and a window inside a bigger buffer
+    buf = b"\x00\xff" + b + b"\x17"
+    assert d.validate(buf, 2, 2 + len(b)) == _full_walk(b)
+    if d.err == E_OK:
+        assert d.pos == 2  # left reset for next()
+
+
+def test_validate_fast_path_edges():
+    d = Decoder()
+    assert d.validate(H("a20001011a3fffffff"), 0, 9) == E_OK  # 4-byte value at the top
+    assert d.validate(H("a20001011a40000000"), 0, 9) == E_RANGE  # one past it: full walk
+    assert d.validate(H("821b00000000000000010a"), 0, 11) == E_OK  # 8-byte head that fits
+    assert d.validate(H("a1000102"), 0, 4) == E_CBOR  # trailing byte
+    assert d.validate(H("a20001"), 0, 3) == E_CBOR  # count past the end
+    assert d.validate(H("82001a000000"), 0, 6) == E_CBOR  # head cut short
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(BOTTOM, TOP), max_size=23), st.integers(0, 5))
+def test_int_map_into_is_the_minimal_cbor_map(vals, off):
+    buf = bytearray(off + 1 + 6 * len(vals) + 3)
+    end = int_map_into(buf, off, vals, len(vals))
+    want = cbor2.dumps({i: v for i, v in enumerate(vals)})
+    assert bytes(buf[off:end]) == want
+    e = Encoder(bytearray(200))
+    e.map(len(vals))
+    for i, v in enumerate(vals):
+        e.uint(i)
+        e.int(v)
+    assert bytes(e.buf[: e.pos]) == want
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, TOP), max_size=12), st.integers(0, 5))
+def test_uints_into_is_a_run_of_minimal_uints(vals, off):
+    buf = bytearray(off + 5 * len(vals) + 2)
+    end = uints_into(buf, off, vals, len(vals))
+    assert bytes(buf[off:end]) == b"".join(cbor2.dumps(v) for v in vals)
+
+
+@pytest.mark.parametrize("bad", [TOP + 1, BOTTOM - 1, 2**40])
+def test_int_map_into_refuses_values_beyond_30_bits(bad):
+    assert int_map_into(bytearray(20), 0, [1, bad], 2) == -1
+
+
+@pytest.mark.parametrize("bad", [-1, TOP + 1])
+def test_uints_into_refuses_negative_and_big(bad):
+    assert uints_into(bytearray(20), 0, [1, bad], 2) == -1

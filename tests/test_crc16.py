@@ -6,7 +6,7 @@ import crcmod.predefined
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metal.core.crc16 import _TABLE, crc16
+from metal.core.crc16 import _TABLE, TABLE_HI, TABLE_LO, crc16
 from metal.host.codec import crc16 as host_crc16
 
 _ref = crcmod.predefined.mkCrcFun("crc-ccitt-false")
@@ -32,6 +32,18 @@ def test_table_is_the_polynomial_table():
     assert _TABLE[1] == 0x1021  # the polynomial itself
     assert _TABLE[0x80] == 0x9188
     assert max(_TABLE) <= 0xFFFF
+
+
+def test_split_tables_step_like_the_16_bit_table():
+    # the hi/lo form frame.py folds into its byte loops
+    assert all((TABLE_HI[i] << 8) | TABLE_LO[i] == _TABLE[i] for i in range(256))
+    for crc in (0xFFFF, 0x0000, 0x1D0F, 0x8001, 0x29B1):
+        for b in (0x00, 0x01, 0x7F, 0x80, 0xFF):
+            want = ((crc << 8) & 0xFF00) ^ _TABLE[((crc >> 8) ^ b) & 0xFF]
+            x = (crc >> 8) ^ b
+            hi = (crc & 0xFF) ^ TABLE_HI[x]
+            lo = TABLE_LO[x]
+            assert (hi << 8) | lo == want
 
 
 def test_start_end_window():

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from metal.core import frame as frame_mod
 from metal.core.cbor import Decoder, Encoder
+from metal.core.cobs import cobs_decode, cobs_encode
 from metal.core.crc16 import crc16
 from metal.core.frame import SCRATCH_LEN, Deframer, encode_frame
 from metal.core.proto import (
@@ -343,6 +344,88 @@ def test_fuzz_deframer_never_raises_and_counts(stream, cuts):
             assert d.validate(payload, 0, len(payload)) in (E_OK, E_CBOR, E_UNSUPPORTED, E_RANGE)
     # chunking never changes the outcome
     assert run_stream(Deframer(), stream) == out
+
+
+def reference_stream(data):
+    """What the board's deframing means, the slow way: split at 0x00, and per
+    frame cobs_decode, the CRC over the body, then the header checks (the
+    oversize rule: the 256th byte without a delimiter ends the frame)."""
+    out = []
+    acc = bytearray()
+    discard = False
+    for b in data:
+        if b == 0:
+            if discard:
+                discard = False
+            elif acc:
+                out.append(_reference_frame(bytes(acc)))
+            acc.clear()
+            continue
+        if discard:
+            continue
+        if len(acc) == MAX_WIRE - 1:
+            out.append(E_OVERSIZE)
+            acc.clear()
+            discard = True
+            continue
+        acc.append(b)
+    return out
+
+
+def _reference_frame(enc):
+    body = bytearray(MAX_WIRE)
+    n = cobs_decode(enc, 0, len(enc), body, 0)
+    if n < 0:
+        return E_COBS
+    if n < HEADER_LEN + CRC_LEN:
+        return E_SHORT
+    if crc16(body, 0, n) != 0:
+        return E_CRC
+    if body[0] >> 4 != 1:
+        return E_VERSION
+    t = body[0] & 0x0F
+    if t == 0 or t > 11:
+        return E_TYPE
+    return ("ok", t, body[1], body[2], body[3], bytes(body[HEADER_LEN:n - CRC_LEN]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(damaged_streams(), st.lists(st.integers(1, 2000), max_size=5))
+def test_streaming_deframer_matches_the_three_pass_reference(stream, cuts):
+    # the one-pass decoder (COBS + CRC as the bytes arrive, state across
+    # feeds) says what cobs_decode + crc16 + header checks say, per frame
+    assert run_stream(Deframer(), stream, cuts) == reference_stream(stream)
+
+
+@pytest.mark.parametrize("data", [
+    b"w" * 255 + b"\x00",  # a group cut short exactly at the limit: COBS, not CRC
+    b"\x05" * 254 + b"\x02\x00",
+    b"\xff" + b"\x01" * 254 + b"\x00",  # a full 254-byte run, then the delimiter
+    b"\xff" + b"\x01" * 253 + b"\x02" + b"\x00",
+    b"\x02\x11" * 127 + b"\x01\x00",
+    b"\x01" * 256 + b"\x00" + b"\x02\x11\x00",
+])
+def test_deframer_at_the_size_limit_matches_the_reference(data):
+    for cut in (None, 1, 128, 255, 256):
+        assert run_stream(Deframer(), data, () if cut is None else (cut,)) == reference_stream(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 15), st.integers(0, 255), st.integers(0, 255), st.integers(0, 255),
+       st.lists(st.sampled_from([0, 0, 1, 0x7F, 0xFF]) | st.integers(0, 255), max_size=248),
+       st.integers(0, 7), st.integers(0, 7))
+def test_encode_frame_is_cobs_of_body_and_crc(ftype, flags, seq, ack, payload, p_start, o_start):
+    # the one-pass encoder against cobs_encode(body || CRC) from core/cobs.py
+    p = bytes(payload)
+    src = bytes(range(p_start)) + p
+    out = bytearray(o_start + MAX_WIRE)
+    n = encode_frame(ftype, flags, seq, ack, src, p_start, len(p), bytearray(SCRATCH_LEN), out,
+                     o_start)
+    body = bytes([0x10 | (ftype & 0x0F), flags, seq, ack]) + p
+    c = crc16(body, 0, len(body))
+    ref = bytearray(MAX_WIRE)
+    e = cobs_encode(body + bytes([c >> 8, c & 0xFF]), 0, len(body) + 2, ref, 0)
+    assert bytes(out[o_start:o_start + n]) == bytes(ref[:e]) + b"\x00"
 
 
 @settings(max_examples=200, deadline=None)

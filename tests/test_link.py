@@ -9,6 +9,7 @@ allocates nothing under ``micropython.heap_lock()``.
 import cbor2
 
 from lossy_channel import Channel, frame_header
+from metal.core.compat import ticks_diff
 from metal.core.frame import SCRATCH_LEN, encode_frame
 from metal.core.link import (
     EV_MESSAGE,
@@ -1000,6 +1001,112 @@ def test_telemetry_loss_counting():
     assert len(got) + len(dropped) == 300
     assert host.stats[S_TELEMETRY_LOST] == len(dropped) > 30
     assert sim.ch.a2b.duplicated > 0
+
+
+# ---------------------------------------------------------------------------
+# building payloads in place; the quiet (idle) flag
+# ---------------------------------------------------------------------------
+
+
+def test_reserve_commit_builds_in_the_slot_and_send_ints():
+    sim = connected_sim(seed=21)
+    board, host = sim.board.link, sim.host.link
+    got = []
+    sim.host.on_msg = lambda link: got.append((link.rx_type, cbor2.loads(payload_of(link))))
+    # a reliable message built in place
+    o = board.reserve(T_EVENT)
+    p = cbor2.dumps({0: 1, 1: "x"})
+    board.pbuf[o:o + len(p)] = p
+    assert board.commit(T_EVENT, len(p))
+    # a map of integers, encoded straight into the next slot
+    assert board.send_ints(T_EVENT, [2, -7, 1 << 29], 3)
+    # TELEMETRY: building again before it went out overwrites it (latest wins)
+    for v in (10, 11):
+        o = board.reserve(T_TELEMETRY)
+        p = cbor2.dumps([v])
+        board.pbuf[o:o + len(p)] = p
+        assert board.commit(T_TELEMETRY, len(p))
+    sim.run(100)
+    assert (T_EVENT, {0: 1, 1: "x"}) in got and (T_EVENT, {0: 2, 1: -7, 2: 1 << 29}) in got
+    assert [m for m in got if m[0] == T_TELEMETRY] == [(T_TELEMETRY, [11])]
+    # refusals: link-owned types, unreliable send_ints, a value beyond 30 bits, a full queue
+    for t in (T_HELLO, T_ACK, T_NAK, 0, 12):
+        assert board.reserve(t) == -1 and not board.commit(t, 0)
+    assert not board.send_ints(T_TELEMETRY, [1], 1)
+    assert not board.send_ints(T_EVENT, [1 << 30], 1)
+    assert not board.commit(T_EVENT, MAX_PAYLOAD + 1)
+    sim.ch.b2a.cut = True  # nothing gets acked: the queue fills
+    n = 0
+    while board.send_ints(T_EVENT, [n], 1):
+        n += 1
+    assert n == board.queue_slots - board.queued() + n and board.free_slots() == 0
+    before = board.stats[S_QUEUE_OVERFLOWS]
+    assert board.reserve(T_EVENT) == -1 and not board.send_ints(T_EVENT, [1], 1)
+    assert board.stats[S_QUEUE_OVERFLOWS] == before + 2
+    assert host.state == ST_CONNECTED
+
+
+class QuietCheckingEnd(End):
+    """An End that, before each poll, predicts from ``quiet``/``wake_ms`` that
+    nothing is due, and checks the poll agrees (skipping it would be safe)."""
+
+    skipped = 0
+    polled = 0
+
+    def service(self, t_us):
+        link = self.link
+        orig = link.poll
+
+        def poll(now, out, pos):
+            idle = link.quiet and (not link.wake_on or ticks_diff(now, link.wake_ms) < 0)
+            n = orig(now, out, pos)
+            QuietCheckingEnd.polled += 1
+            if idle:
+                QuietCheckingEnd.skipped += 1
+                assert n == 0, "a quiet link sent a frame"
+            return n
+
+        link.poll = poll
+        try:
+            super().service(t_us)
+        finally:
+            del link.poll
+
+
+def test_quiet_link_has_nothing_due_until_wake_ms():
+    """The board's idle fast path skips poll() while the link is quiet and its
+    timer is not due. On a lossy line with traffic both ways (retransmission
+    timeouts, NAKs, duplicates, a session change), every poll that the flag
+    says could be skipped finds nothing to send."""
+    QuietCheckingEnd.skipped = QuietCheckingEnd.polled = 0
+    board = make_board()
+    host = Link(ROLE_HOST, session_start=1000)
+    sim = Sim(board, host, seed=5, drop=0.05, ber=2e-4, dup=0.01, stall=0.002)
+    sim.board = QuietCheckingEnd(board, rx=sim.ch.b2a, tx=sim.ch.a2b)
+    sim.host = QuietCheckingEnd(host, rx=sim.ch.a2b, tx=sim.ch.b2a)
+    sim.run_until(sim.connected, 3000)
+    got = run_traffic(sim, 150, 150, max_ms=120_000)
+    assert got["host"] == list(range(150)) and got["board"] == list(range(150))
+    assert board.stats[S_TIMEOUTS] + host.stats[S_TIMEOUTS] > 0
+    assert board.stats[S_NAKS_TX] + host.stats[S_NAKS_TX] > 0
+    # and the prediction is not vacuous: most polls of an idle millisecond
+    assert QuietCheckingEnd.skipped > QuietCheckingEnd.polled // 3
+
+
+def test_quiet_wakes_for_the_retransmission_timer():
+    sim = connected_sim(seed=8)
+    board = sim.board.link
+    sim.run(50)
+    sim.ch.b2a.cut = True  # the host hears nothing: no ack will come
+    assert board.send(T_EVENT, b"\xa0", 0, 1)
+    t = now_ms(sim.t)
+    out = bytearray(MAX_WIRE)
+    assert board.poll(t, out, 0) > 0  # sent once; the timer runs
+    assert board.poll(t, out, 0) == 0
+    assert board.quiet and board.wake_on and board.wake_ms == (t + board.rto_ms) & MASK30
+    assert board.poll((board.wake_ms - 1) & MASK30, out, 0) == 0  # not a ms early
+    assert board.poll(board.wake_ms, out, 0) > 0  # the retransmission, on time
+    assert board.stats[S_TIMEOUTS] == 1
 
 
 # ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 from array import array
 
+import cbor2
 import pytest
 
 from metal.boards.sim.board import make_config
@@ -149,6 +150,36 @@ def test_telemetry_round_trip_through_the_board_encoder(sim_layout: Layout) -> N
     assert tel["power_state"] == "partial"
     assert (tel["tick_us"], tel["tick_max_us"], tel["overruns"], tel["queue_overflows"]) == (
         312, 845, 2, 1)
+
+
+def test_encode_into_writes_the_same_payload_anywhere() -> None:
+    """encode_into (what the firmware uses: straight into the link's slot)
+    gives encode's bytes at any offset and touches nothing around them;
+    cbor2 reads the positional array, analog block first."""
+    enc = TelemetryEncoder(3, 1, 2)  # 6 states: 3 bytes of nibbles
+    sensors = FakeSensors([25000, 99999, -300], [proto.SENSOR_OK, proto.SENSOR_SHORT,
+                                                  proto.SENSOR_OK])
+    fans = FakeFans([1000], [70000], [proto.FAN_OFF])
+    power = FakePower([-5, 3300], [100, 70000], [proto.RAIL_OFF, proto.RAIL_ON], proto.PWR_OFF)
+    args = (sensors, fans, power, 5, 0, 1 << 29, 0x1FF, 23, 24, 65536, (1 << 30) - 1)
+    n = enc.encode(*args)
+    assert n == enc.len and n > 0
+    want = bytes(enc.buf[:n])
+    for off in (0, 1, 200, 248 * 3):
+        buf = bytearray(b"\xee" * (off + 248 + 7))
+        assert enc.encode_into(buf, off, *args) == n
+        assert bytes(buf[off:off + n]) == want
+        assert buf[:off] == b"\xee" * off and buf[off + n:] == b"\xee" * (248 + 7 - n)
+    p = cbor2.loads(want)
+    assert len(p) == 10 and len(p[0]) == enc.analog_len
+    assert p[0][:6] == struct.pack("<hhh", 2500, 0x7FFF, -30)
+    assert p[0][6:18] == struct.pack("<HHHHHH", 1000, 0xFFFF, 0, 3300, 100, 0xFFFF)
+    assert p[0][18:] == bytes([proto.SENSOR_SHORT << 4, proto.FAN_OFF << 4,
+                               proto.RAIL_ON << 4 | proto.RAIL_OFF])
+    assert p[1:] == [5, 0, 1 << 29, 0x1FF, proto.PWR_OFF, 23, 24, 65536, (1 << 30) - 1]
+    # a value beyond 30 bits (or negative) in the tail: 0, no telemetry
+    assert enc.encode(sensors, fans, power, 0, 0, 0, 0, 0, 0, 0, 1 << 30) == 0
+    assert enc.encode(sensors, fans, power, -1, 0, 0, 0, 0, 0, 0, 0) == 0
 
 
 def test_telemetry_layout_mismatch_and_short_payload() -> None:
