@@ -136,8 +136,8 @@ class FakeBoard:
 
     def reboot(self) -> None:
         """Power-cycle the board now (a new boot id; the plant keeps its state)."""
-        self.hal.rx.head = self.hal.rx.count = 0
-        self.hal.tx.head = self.hal.tx.count = 0
+        self.hal.rx.clear()
+        self.hal.tx.clear()
         self.fw = self._boot(0)
 
     def write(self, data: bytes) -> bool:

@@ -584,6 +584,36 @@ def test_byte_ring_free_space():
     assert r.free() == 5
 
 
+def test_byte_ring_matches_a_fifo_model():
+    # random writes and reads (offsets, partial fits, compaction, clear) against bytes
+    import random
+
+    rng = random.Random(7)
+    r = ByteRing(32)
+    model = bytearray()
+    src = bytes(range(1, 256))
+    for _ in range(3000):
+        op = rng.random()
+        if op < 0.5:
+            start = rng.randrange(0, 100)
+            n = rng.randrange(0, 40)
+            stored = r.put_from(src, start, n)
+            assert stored == min(n, 32 - len(model))
+            model += src[start:start + stored]
+        elif op < 0.98:
+            start = rng.randrange(0, 5)
+            n = rng.randrange(0, 40)
+            dst = bytearray(64)
+            got = r.get_into(dst, start, n)
+            assert got == min(n, len(model))
+            assert bytes(dst[start:start + got]) == bytes(model[:got])
+            del model[:got]
+        else:
+            r.clear()
+            model = bytearray()
+        assert r.count == len(model) and r.free() == 32 - len(model)
+
+
 # -- MicroPython VMs ------------------------------------------------------------------------
 
 ALLOC_SCRIPT = r'''
