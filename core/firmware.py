@@ -139,6 +139,10 @@ class Firmware:
         self.boot_id = boot_id & 0x3FFFFFFF
         self.uid = uid
         self._sim_fault = getattr(hal, "sim_fault", None)
+        # where phase_inputs publishes the host-lost and loop-fault signals
+        self._v = sig.v
+        self._sig_host_lost = sig.global0 + G_HOST_LOST
+        self._sig_loop_fault = sig.global0 + G_LOOP_FAULT
 
         self.healthy = 1
         self.host_lost = 0
@@ -162,17 +166,44 @@ class Firmware:
         # Judge host liveness now, not in the link phase at the end of the tick,
         # so the safe state starts in the tick the heartbeat timeout ends.
         self.link.check_heartbeat(now_ms)
-        v = self.signals.v
-        g = self.signals.global0
-        v[g + G_HOST_LOST] = self.link.host_lost
-        v[g + G_LOOP_FAULT] = self.loop.fault
+        v = self._v
+        v[self._sig_host_lost] = self.link.host_lost
+        v[self._sig_loop_fault] = self.loop.fault
 
     def phase_interlocks(self, now_ms):
         il = self.interlocks
-        il.evaluate()
+        thermal = self.thermal
+        if il.evaluate():
+            self._act_on_trips(now_ms)
+        elif thermal.overheat_running or thermal.overheat_expired:
+            # (nothing tripped, so no overheat row holds: see _act_on_trips)
+            if self._overheat_cooled():
+                thermal.overheat_cancel()
+                self.overheat_done = 0
+
+        sec = self.security
+        if sec.tamper_action_pending != ACT_NONE:
+            self._apply_action(sec.take_action())
+        if not sec.tamper_latched:
+            self.tamper_lockout = 0  # both end with an explicit tamper clear
+            self.safe_fans = 0
+
+        if self.link.host_lost != self.host_lost:
+            self._host_lost_changed(self.link.host_lost)
+
+        # _update_lockout(), written out
+        self.power.lockout = 1 if (il.lockout or self.tamper_lockout) else 0
+        thermal.force_max = 1 if (il.fans_max or self.host_lost or self.safe_fans
+                                  or self.loop.fault) else 0
+
+    def _act_on_trips(self, now_ms):
+        """Some row is tripped: apply the table's edges (power-down, shed) and
+        start or cancel the overheat timer. With no row tripped every edge is
+        0 and ``overheat`` is -1, which is why phase_interlocks only calls
+        this when ``evaluate()`` returned a non-zero mask."""
+        il = self.interlocks
         power = self.power
         thermal = self.thermal
-
         if il.new_power_down:
             if il.lockout:
                 power.emergency_off(RF_SHED)
@@ -192,24 +223,13 @@ class Firmware:
             thermal.overheat_cancel()
             self.overheat_done = 0
 
-        if self.security.tamper_action_pending != ACT_NONE:
-            self._apply_action(self.security.take_action())
-        if not self.security.tamper_latched:
-            self.tamper_lockout = 0  # both end with an explicit tamper clear
-            self.safe_fans = 0
-
-        lost = self.link.host_lost
-        if lost != self.host_lost:
-            self.host_lost = lost
-            self.events.push(EV_HOST_LOST, 0, lost)
-            if lost:
-                self.events.push(EV_SAFE_STATE, 0, self.limits.host_lost_action)
-                if self.limits.host_lost_action == SAFE_POWER_DOWN:
-                    power.power_off_all(RF_NONE)
-
-        self._update_lockout()
-        thermal.force_max = 1 if (il.fans_max or self.host_lost or self.safe_fans
-                                  or self.loop.fault) else 0
+    def _host_lost_changed(self, lost):
+        self.host_lost = lost
+        self.events.push(EV_HOST_LOST, 0, lost)
+        if lost:
+            self.events.push(EV_SAFE_STATE, 0, self.limits.host_lost_action)
+            if self.limits.host_lost_action == SAFE_POWER_DOWN:
+                self.power.power_off_all(RF_NONE)
 
     def phase_controllers(self, now_ms):
         thermal = self.thermal
@@ -228,17 +248,24 @@ class Firmware:
         self.gpio.step()
 
     def phase_link(self, now_ms):
-        n = 0
+        link = self.link
+        link.receive(now_ms)
         self.telemetry_countdown -= 1
-        if self.telemetry_countdown <= 0:
-            self.telemetry_countdown = self.limits.telemetry_every
+        if self.telemetry_countdown <= 0 and link.telemetry_now():
+            # on the grid of telemetry_every ticks, up to TELEMETRY_SLIP ticks
+            # late when the link is busy (BoardLink.telemetry_now)
+            c = self.telemetry_countdown + self.limits.telemetry_every
+            self.telemetry_countdown = c if c > 0 else 1
+            tel = self.telemetry
+            if tel.buf is not link.telemetry_buf:
+                tel.buf = link.telemetry_buf  # encode in the link's slot: no copy
             loop = self.loop
-            n = self.telemetry.encode(
+            link.commit_telemetry(tel.encode(
                 self.sensors, self.fans, self.power, self.gpio.levels,
                 self.interlocks.tripped, self.interlocks.latched, self.status_flags(),
                 loop.last_us, loop.take_window_max(), loop.overruns,
-                self.link.queue_overflows())
-        self.link.service(now_ms, self.telemetry.buf, n)
+                link.queue_overflows()))
+        link.transmit(now_ms)
 
     def phase_stats(self, now_ms):
         if self.reboot_pending:

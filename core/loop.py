@@ -162,7 +162,8 @@ class Loop:
         now_ms = self.now_ms
         self._events.now_ms = now_ms
 
-        t0 = self._clock()
+        clock = self._clock
+        t0 = clock()
         self._inputs(now_ms)
         self._interlocks(now_ms)
         self._controllers(now_ms)
@@ -170,29 +171,38 @@ class Loop:
         self._outputs(now_ms)
         self._link(now_ms)
         self._stats(now_ms)
-        dur = ticks_diff(self._clock(), t0)
+        dur = ticks_diff(clock(), t0)
         if dur < 0:
             dur = 0
 
         self.last_us = dur
-        if dur > self.max_us:
-            self.max_us = dur
+        # max_us >= window_max_us always (the window restarts at 0), so only a
+        # new window maximum can be a new all-time maximum
         if dur > self.window_max_us:
             self.window_max_us = dur
+            if dur > self.max_us:
+                self.max_us = dur
         e = dur if dur < _EWMA_CLAMP else _EWMA_CLAMP
+        m = self._mean_x16
         if self._mean_primed:
-            self._mean_x16 += e - (self._mean_x16 >> _EWMA_SHIFT)
+            m += e - (m >> _EWMA_SHIFT)
         else:
             self._mean_primed = 1
-            self._mean_x16 = e << _EWMA_SHIFT  # first tick: start at its value
-        self.mean_us = self._mean_x16 >> _EWMA_SHIFT
+            m = e << _EWMA_SHIFT  # first tick: start at its value
+        self._mean_x16 = m
+        self.mean_us = m >> _EWMA_SHIFT
         self.ticks = (self.ticks + 1) & _MASK
 
         overran = dur > self.tick_us
         if late_us >= 0:
-            self._record_late(late_us)
+            # start lateness into its jitter bucket (run_forever passes it every tick)
+            b = 0
+            while b < _N_EDGES and late_us >= JITTER_EDGES[b]:
+                b += 1
+            hist = self.jitter_hist
+            hist[b] = (hist[b] + 1) & _MASK
             if late_us >= self.tick_us:
-                overran = True
+                overran = 1
         if overran:
             self._overrun(dur)
         else:
@@ -202,12 +212,6 @@ class Loop:
             self._feed()
             self.watchdog_feeds = (self.watchdog_feeds + 1) & _MASK
         return dur
-
-    def _record_late(self, late_us):
-        b = 0
-        while b < _N_EDGES and late_us >= JITTER_EDGES[b]:
-            b += 1
-        self.jitter_hist[b] = (self.jitter_hist[b] + 1) & _MASK
 
     def _overrun(self, dur):
         self.overruns = (self.overruns + 1) & _MASK

@@ -2,7 +2,10 @@
 
 Pure math: no HAL, no clock, no allocation in ``update``. One ``Pid`` per
 thermal zone (phosphor-pid-control style): the measured temperature above the
-setpoint asks for more fan duty.
+setpoint asks for more fan duty. ``ThermalController`` builds one per zone to
+validate the gains and take the limits below, and runs this same arithmetic
+written out on a flat array per zone (a call per zone per tick cost more than
+the math); tests/drivers/test_thermal.py checks the two agree tick for tick.
 
 Units and scaling
 -----------------

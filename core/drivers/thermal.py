@@ -55,7 +55,21 @@ maximum until then, also after expiry, to carry away residual heat.
 
 Loop order: ``sensors.step()`` and ``fans.step(now)`` in the input phase,
 interlocks (which may set ``force_max`` or call ``overheat_start``), then
-``thermal.step(now)``, which ends with ``fans.apply()``.
+``thermal.step(now)``, which ends with ``fans.apply()`` when a zone duty
+changed.
+
+Speed: every zone runs on every tick, so ``step`` does its work inline: the
+per-zone PID is ``pid.Pid.update`` written out on one ``array('i')`` per
+zone (the ``_P_*`` offsets; a ``Pid`` built at start-up validates the gains
+and supplies the limits, and ``pid[z]`` is a read-only view for tests), the
+sensor bank's zone summaries are read directly, and only a zone whose duty
+changed writes its fans (``fans.apply`` is called only then: the fans follow
+the zone duties and nothing else). Two exact shortcuts skip the integral
+step: a zone *pinned* at a bound (the output already at the floor or ceiling
+the error pushes it against: Pid would neither integrate nor move the output),
+found after the P term; and, while the error of a pinned zone without a D
+term repeats, a single compare (``_P_PIN_E``). tests/drivers/test_thermal.py
+checks every output against ``Pid`` tick for tick.
 """
 
 from array import array
@@ -84,6 +98,56 @@ MODE_MAX = const(3)
 SETPOINT_MIN_MC = const(0)
 SETPOINT_MAX_MC = const(120000)
 
+# Each zone's PID, written out in ``step`` (see "Speed" above) on one array('i')
+# per zone, at these offsets. Gains and limits come from a ``pid.Pid`` built
+# at start-up (it validates them); the state is the Pid's, minus the last
+# P and D terms (not kept).
+_P_KP = const(0)
+_P_KI = const(1)
+_P_KD = const(2)
+_P_EP_LIM = const(3)  # |error| limits for the P, I and D products (pid._lim)
+_P_EI_LIM = const(4)
+_P_ED_LIM = const(5)
+_P_SLEW = const(6)  # ‰ per tick
+_P_DT = const(7)  # ms
+_P_MIN = const(8)  # output range, ‰ (the zone's min_duty / max_duty)
+_P_MAX = const(9)
+_P_I_MIN = const(10)  # integral range, 10 µ‰ units
+_P_I_MAX = const(11)
+_P_I = const(12)  # state: integral, 10 µ‰ units
+_P_OUT = const(13)  # state: last output, ‰
+_P_PREV = const(14)  # state: previous measurement (clamped to ±E_MAX), m°C
+_P_FLAGS = const(15)  # state: _F_* bits
+_P_PIN_E = const(16)  # state: the error of the last pinned update, or _NO_PIN (see step)
+_P_E_LIM = const(17)  # min(_P_EP_LIM, _P_EI_LIM): inside it neither clamp acts
+_P_LEN = const(18)
+_NO_PIN = const(0x3FFFFFFF)  # no error reaches it: |measured|, |setpoint| <= 2**29
+_F_BUMPLESS = const(1)  # reset() happened: the next update back-computes the integral
+_F_DERIV = const(2)  # kd != 0 (constant): a D term is formed
+_F_HAVE_PREV = const(4)  # _P_PREV holds a sample (only tracked with _F_DERIV)
+# pid.py's constants (const() names are not importable without a global lookup)
+_E_MAX = const(200000)
+_D_MAX = const(2000000)
+_I_PER_PERMILLE = const(100000)
+_I_PER_MPERMILLE = const(100)
+
+
+class ZonePid:
+    """Read-only view of one zone's PID state (``ThermalController.pid[z]``)
+    for tests and debugging: ``out`` (last output, ‰) and ``i`` (integral,
+    10 µ‰ units). Not used on the tick path."""
+
+    def __init__(self, state):
+        self._st = state
+
+    @property
+    def out(self):
+        return self._st[_P_OUT]
+
+    @property
+    def i(self):
+        return self._st[_P_I]
+
 
 class ThermalController:
     def __init__(self, zones, sensors_bank, fan_bank, signals, events, limits):
@@ -95,9 +159,12 @@ class ThermalController:
         self._push = events.push
         # The per-zone summaries SensorBank.step computes, read directly in the
         # tick (what zone_all_valid / zone_is_pending / zone_max return, without
-        # three calls per zone); zones past sb.n_zones have no sensors.
-        self._sb_zones = sensors_bank.n_zones
-        self._sb_count = sensors_bank.zone_count
+        # three calls per zone). Which zones have sensors at all is fixed at
+        # start-up (zones past sb.n_zones have none).
+        self._has_sensors = bytearray(nz)
+        for z in range(nz):
+            if z < sensors_bank.n_zones and sensors_bank.zone_count[z]:
+                self._has_sensors[z] = 1
         self._sb_bad = sensors_bank.zone_bad
         self._sb_pending = sensors_bank.zone_pending
         self._sb_max = sensors_bank.zone_max_mc
@@ -107,7 +174,8 @@ class ThermalController:
         if dt_ms < 1:
             dt_ms = 1
 
-        self.pid = []
+        self._pz = []  # per zone: array('i') at the _P_* offsets
+        self.pid = []  # per zone: a ZonePid view of it
         self.steps = []
         self.has_steps = bytearray(nz)  # 1 = the zone has a stepwise table
         self.setpoint = array("i", [0] * nz)
@@ -118,8 +186,25 @@ class ThermalController:
         self.crit_min = array("i", [SETPOINT_MAX_MC + 1] * nz)
         for z in range(nz):
             zc = zones[z]
-            self.pid.append(Pid(zc.kp, zc.ki, zc.kd, zc.min_duty, zc.max_duty,
-                                zc.slew, dt_ms))
+            ref = Pid(zc.kp, zc.ki, zc.kd, zc.min_duty, zc.max_duty, zc.slew, dt_ms)
+            pz = array("i", [0] * _P_LEN)
+            pz[_P_KP] = ref.kp
+            pz[_P_KI] = ref.ki
+            pz[_P_KD] = ref.kd
+            pz[_P_EP_LIM] = ref._ep_lim
+            pz[_P_EI_LIM] = ref._ei_lim
+            pz[_P_ED_LIM] = ref._ed_lim
+            pz[_P_E_LIM] = ref._ep_lim if ref._ep_lim < ref._ei_lim else ref._ei_lim
+            pz[_P_SLEW] = ref.slew
+            pz[_P_DT] = ref.dt_ms
+            pz[_P_MIN] = ref.out_min
+            pz[_P_MAX] = ref.out_max
+            pz[_P_I_MIN] = ref._i_min
+            pz[_P_I_MAX] = ref._i_max
+            pz[_P_FLAGS] = _F_DERIV if ref.kd else 0
+            self._pz.append(pz)
+            self.pid.append(ZonePid(pz))
+            self._pid_reset(z, zc.min_duty)  # as Pid() does
             self.steps.append(steps_table(zc.steps))
             self.has_steps[z] = 1 if zc.steps else 0
             self.setpoint[z] = zc.setpoint_mc
@@ -140,12 +225,30 @@ class ThermalController:
         for z in range(nz):
             self.duty[z] = self.boot_duty[z]
 
+        # The fans of each zone, for step() to update only those of a zone
+        # whose duty changed (a fan of no zone runs at 1000 from the start).
+        self._zone_fans = []
+        for z in range(nz):
+            mine = []
+            for i in range(fan_bank.n):
+                if fan_bank.zone[i] == z:
+                    mine.append(i)
+            self._zone_fans.append(array("i", mine))
+
         self.force_max = 0  # set by the firmware (interlock ACT_FANS_MAX)
         self.failsafe_any = 0  # telemetry STF_FAILSAFE
         self.overheat_running = 0  # telemetry STF_OVERHEAT
         self.overheat_expired = 0  # the firmware powers down when this is 1
         self.overheat_sensor = -1
         self._overheat_start_ms = 0
+
+        # What step() reads on every tick, in one tuple: unpacking it costs one
+        # attribute lookup instead of one per name. None of these objects is
+        # ever replaced (this class's arrays, the sensor bank's zone summaries
+        # and the fan bank's min_duty/duty arrays are all claimed once).
+        self._tick_refs = (self._has_sensors, self._sb_bad, self._sb_max, self.booting,
+                           self.requested, self.mode, self.duty, self.setpoint, self._pz,
+                           self.has_steps, self._zone_fans, fan_bank.min_duty, fan_bank.duty)
 
         # Boot: fans at boot duty from the very first apply.
         self._drive_fans()
@@ -210,9 +313,25 @@ class ThermalController:
         return left
 
     # -- the tick ---------------------------------------------------------------------
+    def _pid_reset(self, z, duty):
+        """pid.Pid.reset on zone ``z``'s state: the next update outputs ``duty``
+        (clamped to the zone's range)."""
+        pz = self._pz[z]
+        if duty < pz[_P_MIN]:
+            duty = pz[_P_MIN]
+        elif duty > pz[_P_MAX]:
+            duty = pz[_P_MAX]
+        pz[_P_OUT] = duty
+        pz[_P_I] = duty * _I_PER_PERMILLE
+        pz[_P_FLAGS] = (pz[_P_FLAGS] & _F_DERIV) | _F_BUMPLESS  # and no previous sample
+        pz[_P_PIN_E] = _NO_PIN
+
     def _drive_fans(self):
-        # Per fan per tick: fans.set_duty written out (its target check cannot
-        # fail here, its 0..1000 clamp is kept) and the arrays in locals.
+        # Every fan from its zone's duty (start-up; step() updates the fans of
+        # a zone whose duty changed), then fans.apply. fans.set_duty written
+        # out: its target check cannot fail here and its 0..1000 clamp cannot
+        # act (zone duties and fan min_duty are within 0..1000: Zone, Fan and
+        # set_manual validate them, the PID and stepwise outputs stay inside).
         fb = self._fb
         nz = self.n
         zduty = self.duty
@@ -224,10 +343,6 @@ class ThermalController:
             d = zduty[z] if z < nz else 1000
             if d > 0 and d < fmin[i]:
                 d = fmin[i]
-            if d < 0:
-                d = 0
-            elif d > 1000:
-                d = 1000
             fduty[i] = d
         self._apply_fans()
 
@@ -242,59 +357,179 @@ class ThermalController:
 
         # every zone on every tick: arrays in locals, the sensor bank's zone
         # summaries read directly (see __init__)
-        sb_zones = self._sb_zones
-        sb_count = self._sb_count
-        sb_bad = self._sb_bad
-        sb_pending = self._sb_pending
-        sb_max = self._sb_max
-        booting = self.booting
-        requested = self.requested
-        mode = self.mode
-        duty = self.duty
-        pids = self.pid
+        (has_sensors, sb_bad, sb_max, booting, requested, mode, duty, setpoint, pzs,
+         has_steps, zone_fans, fmin, fduty) = self._tick_refs
         failsafe_any = 0
+        changed = 0  # some zone's duty differs from the previous tick's
         for z in range(self.n):
-            # sensors.zone_all_valid(z)
-            healthy = 1 if z < sb_zones and sb_count[z] and not sb_bad[z] else 0
-            if booting[z]:
+            healthy = has_sensors[z] and not sb_bad[z]  # sensors.zone_all_valid(z)
+            b = booting[z]
+            if b:
                 # ... or not sensors.zone_is_pending(z)
-                if healthy or not (z < sb_zones and sb_pending[z]):
+                if healthy or not (has_sensors[z] and self._sb_pending[z]):
                     booting[z] = 0
-                    pids[z].reset(duty[z])
+                    b = 0
+                    self._pid_reset(z, duty[z])
             if forced:
                 m = MODE_MAX
-            elif booting[z]:
+            elif b or healthy:
                 m = requested[z]
-            elif not healthy:
-                m = MODE_FAILSAFE
             else:
-                m = requested[z]
+                m = MODE_FAILSAFE
             if m != mode[z]:
                 mode[z] = m
                 self._push(EV_ZONE_MODE, z, m, 0)
                 if m == MODE_AUTO:
-                    pids[z].reset(duty[z])
+                    self._pid_reset(z, duty[z])
 
-            if m == MODE_MAX:
+            if m == MODE_AUTO and not b:
+                # pid.Pid.update(setpoint, t) written out on the zone's array
+                # (same arithmetic, same results: tests/drivers/test_thermal.py
+                # compares them). Healthy here, so the zone has a valid t.
+                pz = pzs[z]
+                t = sb_max[z]  # sensors.zone_max(z)
+                e = t - setpoint[z]  # no ±E_MAX clamp: every |error| limit is <= E_MAX
+                if e == pz[_P_PIN_E]:
+                    # The last update was pinned (below) at this same error and
+                    # left the state as it was; nothing changed it since
+                    # (_pid_reset and every other update clear _P_PIN_E), and
+                    # the gains are constant: same computation, same verdict.
+                    # Sensors that repeat a reading take this path (an I2C
+                    # sensor converts far slower than the tick runs).
+                    d = pz[_P_OUT]
+                else:
+                    last = pz[_P_OUT]
+                    lo = pz[_P_MIN]
+                    hi = pz[_P_MAX]
+                    i = pz[_P_I]
+                    # the error for the P product (x) and for the I product
+                    # (xi), each clamped to its limit
+                    x = e
+                    lim = pz[_P_E_LIM]
+                    if x > lim or x < -lim:
+                        lim = pz[_P_EI_LIM]
+                        xi = lim if x > lim else (-lim if x < -lim else x)
+                        lim = pz[_P_EP_LIM]
+                        if x > lim:
+                            x = lim
+                        elif x < -lim:
+                            x = -lim
+                    else:
+                        xi = x
+                    # P and D only ever appear summed, with the 500 that
+                    # rounds the m‰ sum half up: pd = P + D + 500
+                    pd = pz[_P_KP] * x // 1000 + 500
+                    fl = pz[_P_FLAGS]
+                    if fl:  # a D term (kd != 0), or a bumpless restart pending
+                        if fl & _F_DERIV:
+                            if fl & _F_HAVE_PREV:
+                                # one clamp to ±ed_lim does both ±E_MAX and ±ed_lim
+                                dm = t - pz[_P_PREV]
+                                lim = pz[_P_ED_LIM]
+                                if dm > lim:
+                                    dm = lim
+                                elif dm < -lim:
+                                    dm = -lim
+                                dm = pz[_P_KD] * dm // pz[_P_DT]
+                                if dm > _D_MAX:
+                                    dm = _D_MAX
+                                elif dm < -_D_MAX:
+                                    dm = -_D_MAX
+                                pd += dm
+                            if t > _E_MAX:
+                                pz[_P_PREV] = _E_MAX
+                            elif t < -_E_MAX:
+                                pz[_P_PREV] = -_E_MAX
+                            else:
+                                pz[_P_PREV] = t
+                        if fl & _F_BUMPLESS:
+                            # choose the integral so that P + I + D equals the held output
+                            i = (last * 1000 + 500 - pd) * _I_PER_MPERMILLE
+                            if i < pz[_P_I_MIN]:
+                                i = pz[_P_I_MIN]
+                            elif i > pz[_P_I_MAX]:
+                                i = pz[_P_I_MAX]
+                            pz[_P_I] = i
+                        # done with the restart; a derivative zone now has a sample
+                        pz[_P_FLAGS] = (_F_DERIV | _F_HAVE_PREV) if fl & _F_DERIV else 0
+                    # the output before this tick's integration (Pid's `want`)
+                    d = (pd + i // _I_PER_MPERMILLE) // 1000
+                    if (((e <= 0 and last == lo and d <= lo) or (e >= 0 and last == hi and d >= hi))
+                            and not (fl & _F_BUMPLESS)):
+                        # Pinned (e.g. a cool zone whose fans sit at the floor):
+                        # the integral step has the sign of e, and the output is
+                        # already at the bound it pushes against, so Pid.update
+                        # would not integrate, and its clamps would return `last`.
+                        # Nothing changes. Without a D term (its value depends
+                        # on the previous sample) the verdict holds for as long
+                        # as e does: remember it.
+                        d = last
+                        if not fl:
+                            pz[_P_PIN_E] = e
+                    else:
+                        pz[_P_PIN_E] = _NO_PIN  # the state moves
+                        if not (fl & _F_BUMPLESS):
+                            # (ki * xi) / 1000 * dt_ms / 10, each division truncating
+                            # toward zero: on the magnitude, then the sign back
+                            st = pz[_P_KI] * xi
+                            if st < 0:
+                                st = -((-st) // 1000 * pz[_P_DT] // 10)
+                            else:
+                                st = st // 1000 * pz[_P_DT] // 10
+                            # Integrate unless the output is already pinned in the
+                            # step's direction (range or slew), then recompute. The
+                            # integral is always in [i_min, i_max], so a step can
+                            # only cross the bound it moves towards.
+                            if st > 0:
+                                if d < hi and d <= last + pz[_P_SLEW]:
+                                    i += st
+                                    if i > pz[_P_I_MAX]:
+                                        i = pz[_P_I_MAX]
+                                    pz[_P_I] = i
+                                    d = (pd + i // _I_PER_MPERMILLE) // 1000
+                            elif st < 0:
+                                if d > lo and d >= last - pz[_P_SLEW]:
+                                    i += st
+                                    if i < pz[_P_I_MIN]:
+                                        i = pz[_P_I_MIN]
+                                    pz[_P_I] = i
+                                    d = (pd + i // _I_PER_MPERMILLE) // 1000
+                        lim = pz[_P_SLEW]
+                        if d > last + lim:
+                            d = last + lim
+                        elif d < last - lim:
+                            d = last - lim
+                        if d > hi:
+                            d = hi
+                        elif d < lo:
+                            d = lo
+                        pz[_P_OUT] = d
+                if has_steps[z]:  # an empty table gives 0, never above the PID's d
+                    s = stepwise(self.steps[z], t)
+                    if s > d:
+                        d = s
+                    if d > self.max_duty[z]:  # (the PID's d never is)
+                        d = self.max_duty[z]
+            elif m == MODE_MAX:
                 d = 1000
-            elif booting[z]:
+            elif b:
                 d = self.boot_duty[z]
             elif m == MODE_FAILSAFE:
                 failsafe_any = 1
                 d = self.failsafe_duty[z]
                 if requested[z] == MODE_MANUAL and self.manual_duty[z] > d:
                     d = self.manual_duty[z]
-            elif m == MODE_MANUAL:
+            else:  # MODE_MANUAL
                 d = self.manual_duty[z]
-            else:
-                t = sb_max[z] if z < sb_zones else TEMP_INVALID  # sensors.zone_max(z)
-                d = pids[z].update(self.setpoint[z], t)
-                if self.has_steps[z]:  # an empty table gives 0, never above the PID's d
-                    s = stepwise(self.steps[z], t)
-                    if s > d:
-                        d = s
-                if d > self.max_duty[z]:
-                    d = self.max_duty[z]
-            duty[z] = d
+            if d != duty[z]:
+                duty[z] = d
+                changed = 1
+                for f in zone_fans[z]:  # this zone's fans, as in _drive_fans
+                    fduty[f] = fmin[f] if 0 < d < fmin[f] else d
         self.failsafe_any = failsafe_any
-        self._drive_fans()
+        # The fans follow the zone duties and nothing else (this controller is
+        # the only writer of fans.duty; __init__ drove them all once): with no
+        # zone duty changed, every fan duty and its applied PWM are already
+        # right, and fans.apply would write nothing.
+        if changed:
+            self._apply_fans()

@@ -321,6 +321,124 @@ def test_thirty_rows_use_bit_29():
     assert b.table.names[29] == "r29"
 
 
+# -- against a plain reference evaluator ----------------------------------------------
+
+class ReferenceTable:
+    """The state machine of the module docstring written the obvious way: a
+    per-row state and an if/elif chain over the comparison kind."""
+
+    def __init__(self, rows, sig):
+        self.rows = rows
+        self.idx = [sig.index(*r.signal) for r in rows]
+        self.v = sig.v
+        self.state = [ST_IDLE] * len(rows)
+        self.count = [0] * len(rows)
+        self.events = []
+
+    def cond(self, i):
+        r, x = self.rows[i], self.v[self.idx[i]]
+        if r.cmp == CMP_GE:
+            return x >= r.threshold
+        if r.cmp == CMP_LE:
+            return x <= r.threshold
+        return x != r.threshold
+
+    def released(self, i):
+        r, x = self.rows[i], self.v[self.idx[i]]
+        if r.cmp == CMP_GE:
+            return x < r.threshold - r.hysteresis
+        if r.cmp == CMP_LE:
+            return x > r.threshold + r.hysteresis
+        return x == r.threshold
+
+    def evaluate(self):
+        newly = []
+        for i, r in enumerate(self.rows):
+            x = self.v[self.idx[i]]
+            st = self.state[i]
+            if st in (ST_TRIPPED, ST_LATCHED):
+                if st == ST_TRIPPED and self.released(i):
+                    self.state[i] = ST_IDLE
+                    self.events.append((EV_INTERLOCK_CLEAR, i, x))
+            elif not self.cond(i):
+                self.state[i] = ST_IDLE
+            else:
+                self.count[i] = self.count[i] + 1 if st == ST_PENDING else 1
+                if self.count[i] > r.delay_ticks:
+                    self.state[i] = ST_LATCHED if r.latch else ST_TRIPPED
+                    self.events.append((EV_INTERLOCK_TRIP, i, x))
+                    newly.append(i)
+                else:
+                    self.state[i] = ST_PENDING
+        return newly
+
+    def clear(self, i):
+        if not 0 <= i < len(self.rows):
+            return R_UNKNOWN_TARGET
+        if self.state[i] not in (ST_TRIPPED, ST_LATCHED):
+            return R_OK
+        if not self.released(i):
+            return R_REJECTED_BY_INTERLOCK
+        self.state[i] = ST_IDLE
+        self.events.append((EV_INTERLOCK_CLEAR, i, self.v[self.idx[i]]))
+        return R_OK
+
+    def tripped(self):
+        return sum(1 << i for i, st in enumerate(self.state) if st in (ST_TRIPPED, ST_LATCHED))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_table_agrees_with_the_reference_evaluator(seed):
+    # Random tables (GE, LE and NE rows mixed, so all three scan groups are
+    # used and interleaved in row order), random signal changes and clears:
+    # states, events (with their order), edges and aggregates must match.
+    import random
+
+    rnd = random.Random(seed)
+    kinds = ((SIG_TEMP, 4), (SIG_FAN_RPM, 2), (SIG_RAIL_FAULT, 3), (SIG_GLOBAL, 6))
+    acts = (ACT_NONE, ACT_FANS_MAX, ACT_OVERHEAT, ACT_LOCKOUT, ACT_POWER_DOWN, ACT_SHED_RAIL)
+    rows = []
+    for i in range(rnd.randint(1, 30)):
+        kind, n = rnd.choice(kinds)
+        act = rnd.choice(acts)
+        rows.append(Interlock("r%d" % i, (kind, rnd.randrange(n)), rnd.choice((CMP_GE, CMP_LE, CMP_NE)),
+                              rnd.randint(-4, 4), hysteresis=rnd.randint(0, 3),
+                              delay_ticks=rnd.choice((0, 0, 1, 3)), latch=rnd.random() < 0.3,
+                              action=act, target=rnd.randrange(3) if act == ACT_SHED_RAIL else -1))
+    b = Bench(*rows)
+    ref = ReferenceTable(rows, b.sig)
+    t = b.table
+    for k in range(400):
+        for _ in range(rnd.randint(0, 3)):
+            b.sig.v[rnd.choice(ref.idx)] = rnd.randint(-7, 7)
+        newly = ref.evaluate()
+        mask = ref.tripped()
+        assert t.evaluate() == mask, k
+        assert b.events() == ref.events, k
+        ref.events = []
+        assert [t.row_state(i) for i in range(len(rows))] == ref.state, k
+        tripped_rows = [rows[i] for i in range(len(rows)) if mask >> i & 1]
+        new_rows = [rows[i] for i in newly]
+        assert t.latched == sum(1 << i for i in range(len(rows)) if ref.state[i] == ST_LATCHED)
+        assert t.fans_max == int(any(r.action in (ACT_FANS_MAX, ACT_OVERHEAT) for r in tripped_rows))
+        assert t.lockout == int(any(r.action == ACT_LOCKOUT for r in tripped_rows))
+        assert t.new_power_down == int(any(r.action in (ACT_POWER_DOWN, ACT_LOCKOUT)
+                                           for r in new_rows))
+        shed = 0
+        for r in new_rows:
+            if r.action == ACT_SHED_RAIL:
+                shed |= 1 << r.target
+        assert t.new_shed_mask == shed
+        overheat = [r.signal[1] for r in tripped_rows if r.action == ACT_OVERHEAT]
+        assert t.overheat == (overheat[0] if overheat else -1)
+        if rnd.random() < 0.1:
+            i = rnd.randint(-1, len(rows))
+            assert t.clear(i) == ref.clear(i)
+            assert b.events() == ref.events
+            ref.events = []
+            assert t.tripped == ref.tripped()
+
+
 # -- start-up validation --------------------------------------------------------------
 
 @pytest.mark.parametrize("signal", [(99, 0), (SIG_TEMP, 4), (SIG_TEMP, -1), (SIG_GLOBAL, 6),
