@@ -1,8 +1,7 @@
 """The board's end of the serial link: the firmware's one conversation with the host.
 
 Once per tick the firmware's link phase calls ``receive(now_ms)``, builds
-TELEMETRY when it is due, then calls ``transmit(now_ms)`` (``service`` does
-both, for a caller with a ready-made TELEMETRY payload):
+TELEMETRY when it is due, then calls ``transmit(now_ms)``:
 
 1. ``receive`` reads at most ``serial_budget`` bytes from the HAL and feeds
    them to the link state machine; each delivered message is handled at
@@ -72,6 +71,7 @@ _MIN_BUDGET = const(16)  # serial bytes per tick at least
 _RESERVED_FOR_RESULTS = const(2)
 _MASK = const(0x3FFFFFFF)
 _NO_ID = const(-1)
+_N_FIELDS = const(5)  # CMD keys read into _fields: id, op, target, arg, arg2
 
 
 class BoardLink:
@@ -103,6 +103,7 @@ class BoardLink:
         o = link.reserve(T_TELEMETRY)
         self.telemetry_buf = memoryview(link.pbuf)[o:o + MAX_PAYLOAD]
         self.vals = array("i", [0] * 6)  # one message's integers, for int_map_into
+        self._fields = array("i", [0] * _N_FIELDS)  # a received CMD's keys 0..4
         self.dec = Decoder()
 
         # recent results, a ring; `res_unsent` counts the newest ones not yet queued
@@ -118,7 +119,6 @@ class BoardLink:
         self.describe_next = self.n_describe  # nothing to send until connected
 
         self.last_hb_ms = 0
-        self.hb_started = 0
         self.host_lost = 0
         self.heartbeats = 0
         self.commands = 0
@@ -136,16 +136,6 @@ class BoardLink:
         self._send_ints = link.send_ints
 
     # -- per tick ---------------------------------------------------------------------
-    def service(self, now_ms, telemetry=None, telemetry_len=0):
-        """One tick of link work: ``receive``, then ``transmit``.
-        ``telemetry``/``telemetry_len``: a payload to copy to the link in
-        between, or length 0 for none (the firmware builds TELEMETRY in the
-        link's slot instead: ``telemetry_buf``, ``commit_telemetry``)."""
-        self.receive(now_ms)
-        if telemetry_len > 0:
-            self._send(T_TELEMETRY, telemetry, 0, telemetry_len)
-        self.transmit(now_ms)
-
     def receive(self, now_ms):
         """Read and handle what arrived; queue DESCRIBE parts, results and
         events. ``busy`` says whether this tick had a message or queued a
@@ -268,11 +258,13 @@ class BoardLink:
 
     def _on_cmd(self, buf, off, n, err, is_policy=0):
         self.commands = (self.commands + 1) & _MASK
-        cid = _NO_ID
-        op = -1
-        target = -1
-        arg = 0
-        arg2 = 0
+        # CMD map keys 0..4 (id, op, target, arg, arg2) land in f[key]
+        f = self._fields
+        f[0] = _NO_ID
+        f[1] = -1
+        f[2] = -1
+        f[3] = 0
+        f[4] = 0
         bad = err
         if bad == E_OK:
             # Fast path: a map of small unsigned keys to integers (every CMD the
@@ -316,16 +308,8 @@ class BoardLink:
                             bad = E_SCHEMA
                             break
                         seen |= 1 << key
-                    if key == 0:
-                        cid = v
-                    elif key == 1:
-                        op = v
-                    elif key == 2:
-                        target = v
-                    elif key == 3:
-                        arg = v
-                    elif key == 4:
-                        arg2 = v
+                    if key < _N_FIELDS:
+                        f[key] = v
             if slow:
                 d = self.dec
                 d.reset(buf, off, off + n)
@@ -346,16 +330,8 @@ class BoardLink:
                         k = d.next()
                         if k == K_UINT or k == K_NEG:
                             v = d.val
-                            if key == 0:
-                                cid = v
-                            elif key == 1:
-                                op = v
-                            elif key == 2:
-                                target = v
-                            elif key == 3:
-                                arg = v
-                            elif key == 4:
-                                arg2 = v
+                            if key < _N_FIELDS:
+                                f[key] = v
                         elif k < 0:
                             bad = d.err
                             break
@@ -365,7 +341,9 @@ class BoardLink:
                             bad = E_SCHEMA
                             break
         else:
-            cid = self._salvage_id(buf, off, n)
+            f[0] = self._salvage_id(buf, off, n)
+        cid = f[0]
+        op = f[1]
         if cid < 1:
             # No id to answer under: count it and drop it (the host will time out).
             self.malformed = (self.malformed + 1) & _MASK
@@ -383,7 +361,7 @@ class BoardLink:
         if is_policy:
             self._add_result(cid, R_UNKNOWN_OP, 0, 0)
             return
-        code = self.runner.execute(op, target, arg, arg2)
+        code = self.runner.execute(op, f[2], f[3], f[4])
         self._add_result(cid, code, 0, 0)
 
     def _salvage_id(self, buf, off, n):
