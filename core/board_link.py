@@ -1,39 +1,54 @@
 """The board's end of the serial link: the firmware's one conversation with the host.
 
 Once per tick the firmware's link phase calls ``receive(now_ms)``, builds
-TELEMETRY when it is due, then calls ``transmit(now_ms)``:
+TELEMETRY when it is due, then calls ``transmit(now_ms)``. The link's work is
+metered so that no tick does much more than one unit of it: a tick's cost
+must stay small and even on a board (every tick is a full pass of the
+controllers too), and the link is where the heavy, bursty work is.
 
 1. ``receive`` reads at most ``serial_budget`` bytes from the HAL and feeds
    them to the link state machine; each delivered message is handled at
-   once: CMD -> ``runner.execute(op, target, arg, arg2)`` -> RESULT,
-   HEARTBEAT -> echo and host-alive timestamp, POLICY -> RESULT unknown_op
-   (this firmware has no policy table yet), HELLO -> handled by the link;
-   then, after a new session, it queues the DESCRIBE parts, and it drains
-   finished results, then board events, into the reliable queue (results
-   first, and two slots are always kept for results);
-2. TELEMETRY is built straight into the link's slot (``telemetry_buf``,
-   ``commit_telemetry``), like RESULT and EVENT payloads (``Link.send_ints``):
-   no payload is encoded into a scratch buffer and copied;
-3. ``transmit`` writes the frame left over from the previous tick, then
-   polls the link for frames (each encoded in one pass: CRC-16 and COBS
-   together) and writes them, at most ``serial_budget`` bytes a tick; a
-   frame the HAL did not fully accept stays in ``tx`` for the next tick.
+   once (so a batch of commands is judged together, in arrival order):
+   CMD -> ``runner.execute(op, target, arg, arg2)`` -> a result in the
+   result ring, HEARTBEAT -> echo and host-alive timestamp, POLICY -> result
+   unknown_op (this firmware has no policy table yet), HELLO -> handled by
+   the link. A tick that received anything is *busy*.
+2. TELEMETRY is a snapshot encoded into ``telemetry_buf`` (then
+   ``commit_telemetry``) in a tick that is not busy, at most
+   ``TELEMETRY_SLIP`` ticks after it falls due; the tick that encodes it is
+   busy too. It stays on its grid of ``telemetry_every`` ticks.
+3. ``transmit`` first writes what is left of the frame in ``tx`` (at most
+   ``serial_budget`` bytes a tick; a frame the HAL did not fully accept
+   stays there). Then, in a tick that is not busy (or that has waited
+   ``TX_SLIP`` busy ticks), it does one *send job*: the next
+   ``TELEMETRY_CHUNK`` bytes of a TELEMETRY frame (``frame.FrameEncoder``:
+   a snapshot goes out over two ticks), or else one payload into the
+   reliable queue (a result first, then an event, then a DESCRIBE part;
+   two slots are always kept for results) and one frame from the link.
 
-Spreading the work: a tick that handled a message or queued a reliable one
-is *busy*; a TELEMETRY that falls due in a busy tick waits for the next
-tick that is not, at most ``TELEMETRY_SLIP`` ticks (``telemetry_now``), so
-the two heavy kinds of link work (a command with its result, a TELEMETRY
-frame) rarely share a tick. TELEMETRY stays on its grid of
-``telemetry_every`` ticks and reaches the host in the tick of its snapshot.
-Nothing else waits: commands are executed, and results and events sent, in
-the tick they arrive or happen (up to the serial budget), so a batch of
-commands is judged and answered together.
+Per tick, in order (one of the heavy boxes at most, unless a slip ran out)::
 
-Idle fast path: with nothing unwritten in ``tx`` and the link ``quiet`` (its
-last poll found nothing, and nothing arrived or was queued since that could
-change it), nothing can be due but a link timer, so ``transmit`` only
-compares the link's ``wake_ms`` (retransmission or HELLO deadline) with the
-clock; the retransmission timers keep their exact times.
+    receive: bytes? --yes--> deframe, handle every message ........ busy
+    TELEMETRY due, not busy? --> encode the snapshot ............. busy
+    transmit: rest of tx --> busy? --no--> TELEMETRY framing step
+                                            or queue one payload + one frame
+
+So a command's result reaches the host a tick or more after the command
+(one frame a tick), a TELEMETRY two or three ticks after its snapshot, and
+an event a tick or more after it happened; ``Event`` ms stamps and the
+TELEMETRY contents keep their own time. Two exceptions keep rates up: a
+backlog (BACKLOG_EVENTS events or BACKLOG_RESULTS results waiting) allows
+BACKLOG_JOBS send jobs a tick, busy or not, until it is worked off; and a
+``telemetry_every`` below TELEMETRY_SPREAD_MIN is framed whole in the tick
+of its snapshot, outside the metering. ``results_out`` tells the firmware
+when a requested reboot may happen (its RESULT is on the wire).
+
+Idle fast path: with nothing unwritten in ``tx``, no telemetry, result,
+event or DESCRIBE part waiting and the link ``quiet`` (its last poll found
+nothing, and nothing arrived or was queued since that could change it),
+nothing can be due but a link timer, so ``transmit`` only compares the
+link's ``wake_ms`` (retransmission or HELLO deadline) with the clock; the
+retransmission timers keep their exact times (to the tick).
 
 Commands are idempotent by id: the last ``RESULT_SLOTS`` results are kept,
 and a CMD whose id is among them is answered again with the first verdict
@@ -48,10 +63,12 @@ from array import array
 
 from metal.core.cbor import K_ARRAY, K_MAP, K_NEG, K_UINT, Decoder, int_map_into
 from metal.core.compat import const, ticks_diff
+from metal.core.frame import FrameEncoder
 from metal.core.link import EV_MESSAGE, Link, ROLE_BOARD, ST_CONNECTED, S_QUEUE_OVERFLOWS
 from metal.core.proto import (
     E_OK,
     E_SCHEMA,
+    F_ACK,
     MAX_PAYLOAD,
     MAX_WIRE,
     R_MALFORMED,
@@ -67,6 +84,21 @@ from metal.core.proto import (
 
 RESULT_SLOTS = const(16)
 TELEMETRY_SLIP = const(2)  # ticks a due TELEMETRY may wait for a tick that is not busy
+TX_SLIP = const(1)  # busy ticks a send job may wait
+# A backlog (a burst of events or results) lifts the metering: up to
+# BACKLOG_JOBS send jobs a tick, busy or not, until it is worked off, so the
+# link keeps up with the wire instead of overflowing the event ring.
+BACKLOG_EVENTS = const(8)
+BACKLOG_RESULTS = const(4)
+BACKLOG_JOBS = const(4)
+TELEMETRY_CHUNK = const(48)  # TELEMETRY payload bytes framed per tick
+# TELEMETRY due more often than this (ticks) cannot be spread (a snapshot
+# tick and two framing ticks, plus slack): it is framed whole in the tick of
+# its snapshot, outside the metering, so its rate holds
+TELEMETRY_SPREAD_MIN = const(4)
+_TEL_NONE = const(0)
+_TEL_READY = const(1)  # a snapshot is encoded, its frame not begun
+_TEL_FRAMING = const(2)  # its frame is being built into tx
 _MIN_BUDGET = const(16)  # serial bytes per tick at least
 _RESERVED_FOR_RESULTS = const(2)
 _MASK = const(0x3FFFFFFF)
@@ -76,7 +108,8 @@ _N_FIELDS = const(5)  # CMD keys read into _fields: id, op, target, arg, arg2
 
 class BoardLink:
     def __init__(self, runner, hal, events, describe_parts, identity_entries,
-                 n_identity_entries, heartbeat_timeout_ms, serial_budget=256):
+                 n_identity_entries, heartbeat_timeout_ms, serial_budget=256,
+                 telemetry_every=10):
         self.runner = runner
         self.hal = hal
         self.events = events
@@ -92,16 +125,22 @@ class BoardLink:
         self.budget = serial_budget if serial_budget >= _MIN_BUDGET else _MIN_BUDGET
 
         self.rx = bytearray(self.budget)
-        self.tx = bytearray(MAX_WIRE)  # the frame being written
+        self.tx = bytearray(MAX_WIRE)  # the frame being built or written
         self.tx_pos = 0  # tx[:tx_pos] went to the HAL
         self.tx_len = 0
-        self.busy = 0  # this tick handled a message or queued a reliable one
+        self._wleft = 0  # bytes this tick may still write
+        self.busy = 0  # this tick received bytes or encoded a TELEMETRY snapshot
         self.tel_slip = 0  # ticks the due TELEMETRY has waited
+        self.tx_wait = 0  # busy ticks the send job has waited
         self.pbuf = link.pbuf  # the link's payload slots: messages are built in place
-        # The link's TELEMETRY slot as a buffer of its own (made once): the
-        # firmware's TelemetryEncoder writes there, so nothing is copied.
-        o = link.reserve(T_TELEMETRY)
-        self.telemetry_buf = memoryview(link.pbuf)[o:o + MAX_PAYLOAD]
+        # TELEMETRY: the firmware's TelemetryEncoder writes the snapshot here
+        # (nothing is copied), and it is framed from here over two ticks
+        self.telemetry_buf = memoryview(bytearray(MAX_PAYLOAD))
+        self.tel_len = 0
+        self.tel_state = _TEL_NONE
+        self.tel_spread = 1 if telemetry_every >= TELEMETRY_SPREAD_MIN else 0
+        self._tel_chunk = TELEMETRY_CHUNK if self.tel_spread else MAX_PAYLOAD
+        self._fenc = FrameEncoder()
         self.vals = array("i", [0] * 6)  # one message's integers, for int_map_into
         self._fields = array("i", [0] * _N_FIELDS)  # a received CMD's keys 0..4
         self.dec = Decoder()
@@ -137,9 +176,8 @@ class BoardLink:
 
     # -- per tick ---------------------------------------------------------------------
     def receive(self, now_ms):
-        """Read and handle what arrived; queue DESCRIBE parts, results and
-        events. ``busy`` says whether this tick had a message or queued a
-        reliable one (see ``telemetry_now``)."""
+        """Read and handle what arrived (see the module docstring); a tick
+        that received anything is ``busy``."""
         if not self._have_boot:
             self._have_boot = 1
             self.boot_ms = now_ms
@@ -148,50 +186,92 @@ class BoardLink:
         link = self.link
         n = self.hal.serial_read(self.rx, 0, self.budget)
         if n:
+            self.busy = 1
             rx = self.rx
             feed = self._feed
             pos = 0
             while pos < n:
                 pos = feed(rx, pos, n, now_ms)
                 if link.ev == EV_MESSAGE:
-                    self.busy = 1
                     self._on_message(now_ms)
             # (the session changes only in feed)
             if link.state == ST_CONNECTED and link.session != self.session_seen:
                 self.session_seen = link.session
                 self.describe_next = 0
-        # each queue only when it has work: an idle tick stays a few compares
-        if self.describe_next < self.n_describe:
-            self.busy = 1
-            self._queue_describe()
-        if self.res_unsent:
-            self.busy = 1
-            self._queue_results()
-        if self.events.count:
-            self.busy = 1
-            self._queue_events()
 
     def transmit(self, now_ms):
-        """Write the frames due, at most ``serial_budget`` bytes."""
-        # Idle fast path: nothing unwritten, and the link quiet with no timer
-        # due. Skipping the poll is safe: a quiet link's poll returns 0 until
-        # something arrives or is queued (which clears quiet) or wake_ms
-        # passes (see Link.poll).
+        """Write the rest of the frame in ``tx``, then do one send job unless
+        the tick is busy (see the module docstring)."""
+        self._wleft = self.budget
+        if self.tx_pos < self.tx_len and not self._write():
+            return  # the tick's write budget went to the frame already in tx
         link = self.link
-        if (self.tx_pos < self.tx_len or not link.quiet
+        # Idle fast path: nothing waiting here, and the link quiet with no
+        # timer due. Skipping the poll is safe: a quiet link's poll returns 0
+        # until something arrives or is queued (which clears quiet) or
+        # wake_ms passes (see Link.poll).
+        if not (self.tel_state or self.res_unsent or self.events.count
+                or self.describe_next < self.n_describe or not link.quiet
                 or (link.wake_on and ticks_diff(now_ms, link.wake_ms) >= 0)):
-            self._transmit(now_ms)
+            self.tx_wait = 0
+            return
+        if self.tel_state and not self.tel_spread:
+            # (TELEMETRY_SPREAD_MIN) the snapshot is framed whole, now
+            self._telemetry_step()
+            if self.tx_pos < self.tx_len:
+                return
+        jobs = 1
+        if self.events.count >= BACKLOG_EVENTS or self.res_unsent >= BACKLOG_RESULTS:
+            jobs = BACKLOG_JOBS
+        elif self.busy and self.tx_wait < TX_SLIP:
+            self.tx_wait += 1
+            return
+        self.tx_wait = 0
+        while jobs > 0:
+            jobs -= 1
+            if not self._send_job(now_ms):
+                return
+
+    def _send_job(self, now_ms):
+        # One send job (see the module docstring); False when the tick can do
+        # no more (nothing left, or the frame in tx is not all written).
+        if self.tel_state and self.tel_spread and self._telemetry_step():
+            return self.tx_pos >= self.tx_len and self.tel_state != _TEL_FRAMING
+        # one payload into the reliable queue, then one frame
+        if self.res_unsent:
+            if self.link.free_slots() > 0:
+                self._queue_oldest_result()
+        elif self.events.count:
+            self._queue_event()
+        elif self.describe_next < self.n_describe:
+            self._queue_describe_part()
+        n = self._poll(now_ms, self.tx, 0)
+        if n <= 0:
+            return False
+        self.tx_pos = 0
+        self.tx_len = n
+        return self._write()
 
     def telemetry_now(self):
         """The firmware asks, in a tick whose TELEMETRY is due, after
-        ``receive``: build it now? Not in a busy tick (a command, results,
-        events), so the two heavy kinds of link work rarely share a tick;
-        it waits at most ``TELEMETRY_SLIP`` ticks, then goes anyway."""
-        if self.busy and self.tel_slip < TELEMETRY_SLIP:
+        ``receive``: encode the snapshot now? Not while the previous one is
+        being framed (it waits, on its grid), nor in a busy tick, for at most
+        ``TELEMETRY_SLIP`` ticks (unless TELEMETRY is not spread: then always)."""
+        if self.tel_state == _TEL_FRAMING:
+            return 0
+        if self.busy and self.tel_slip < TELEMETRY_SLIP and self.tel_spread:
             self.tel_slip += 1
             return 0
         self.tel_slip = 0
         return 1
+
+    def results_out(self):
+        """Every result so far is on the wire: none waits in the result ring,
+        every queued reliable frame has been sent at least once, and the frame
+        in tx is all written (the firmware reboots only then)."""
+        link = self.link
+        return (not self.res_unsent and link.inflight() >= link.queued()
+                and self.tx_pos >= self.tx_len)
 
     def check_heartbeat(self, now_ms):
         """Set ``host_lost`` once no HEARTBEAT arrived within the timeout. The
@@ -208,10 +288,14 @@ class BoardLink:
         return (self.events.overflows + self.link.stats[S_QUEUE_OVERFLOWS]) & _MASK
 
     def commit_telemetry(self, n):
-        """Hand the link the ``n``-byte TELEMETRY payload just built in
-        ``telemetry_buf`` (nothing for n <= 0: an encoder error)."""
+        """The ``n``-byte TELEMETRY snapshot just encoded in ``telemetry_buf``
+        is to be sent (nothing for n <= 0: an encoder error). It replaces a
+        snapshot whose frame has not begun (latest wins). The tick is busy
+        (unless TELEMETRY is not spread: TELEMETRY_SPREAD_MIN)."""
         if n > 0:
-            self._commit(T_TELEMETRY, n)
+            self.tel_len = n
+            self.tel_state = _TEL_READY
+            self.busy = self.tel_spread
 
     # -- receive --------------------------------------------------------------------------
     def _on_message(self, now_ms):
@@ -421,66 +505,72 @@ class BoardLink:
         # (the first RESULT may be in flight on a dead session).
         self._queue_result(slot)
 
-    def _queue_results(self):
-        free = self.link.free_slots()
-        while self.res_unsent and free > 0:
-            i = self.res_next - self.res_unsent
-            if i < 0:
-                i += RESULT_SLOTS
-            if not self._queue_result(i):
-                return
+    def _queue_oldest_result(self):
+        i = self.res_next - self.res_unsent
+        if i < 0:
+            i += RESULT_SLOTS
+        if self._queue_result(i):
             self.res_unsent -= 1
-            free -= 1
 
     # -- events and describe ---------------------------------------------------------------
-    def _queue_events(self):
+    def _queue_event(self):
+        if self.link.free_slots() <= _RESERVED_FOR_RESULTS:
+            return
         ev = self.events
-        link = self.link
+        i = ev.head
         v = self.vals
-        free = link.free_slots()
-        while ev.count and free > _RESERVED_FOR_RESULTS:
-            i = ev.head
-            v[0] = ev.seq[i]
-            v[1] = ev.kind[i]
-            v[2] = ev.source[i]
-            v[3] = ev.value[i]
-            v[4] = ev.ms[i] & _MASK
-            v[5] = ev.aux[i]
-            if not self._send_ints(T_EVENT, v, 6):
-                return
+        v[0] = ev.seq[i]
+        v[1] = ev.kind[i]
+        v[2] = ev.source[i]
+        v[3] = ev.value[i]
+        v[4] = ev.ms[i] & _MASK
+        v[5] = ev.aux[i]
+        if self._send_ints(T_EVENT, v, 6):
             ev.pop()
-            free -= 1
 
-    def _queue_describe(self):
-        parts = self.describe
-        link = self.link
-        while self.describe_next < self.n_describe and link.free_slots() > _RESERVED_FOR_RESULTS:
-            p = parts[self.describe_next]
-            if not self._send(T_DESCRIBE, p, 0, len(p)):
-                return
+    def _queue_describe_part(self):
+        if self.link.free_slots() <= _RESERVED_FOR_RESULTS:
+            return
+        p = self.describe[self.describe_next]
+        if self._send(T_DESCRIBE, p, 0, len(p)):
             self.describe_next += 1
 
     # -- transmit ----------------------------------------------------------------------------
-    def _transmit(self, now_ms):
-        # The frame in tx first, then the next ones, up to the write budget;
-        # what the HAL does not take stays in tx for the next tick.
-        budget = self.budget
-        hal = self.hal
-        tx = self.tx
-        while budget > 0:
-            p = self.tx_pos
-            if p >= self.tx_len:
-                n = self._poll(now_ms, tx, 0)
-                if n <= 0:
-                    return
-                p = 0
-                self.tx_len = n
-            want = self.tx_len - p
-            if want > budget:
-                want = budget
-            w = hal.serial_write(tx, p, want)
-            if w <= 0:
-                self.tx_pos = p
-                return
-            self.tx_pos = p + w
-            budget -= w
+    def _write(self):
+        """tx[tx_pos:tx_len] to the HAL, within this tick's write budget;
+        True once the whole frame is out."""
+        p = self.tx_pos
+        want = self.tx_len - p
+        if want > self._wleft:
+            want = self._wleft
+        if want <= 0:
+            return False
+        w = self.hal.serial_write(self.tx, p, want)
+        if w <= 0:
+            return False
+        self.tx_pos = p + w
+        self._wleft -= w
+        return self.tx_pos >= self.tx_len
+
+    def _telemetry_step(self):
+        """The TELEMETRY send job: begin its frame or build the next chunk;
+        the finished frame goes to tx. False when there was nothing to do (the
+        snapshot was dropped: no session)."""
+        link = self.link
+        if self.tel_state == _TEL_READY:
+            if not link.telemetry_begin():
+                self.tel_state = _TEL_NONE  # not connected: nobody to send it to
+                return False
+            # (the frame fits: a snapshot is at most MAX_PAYLOAD bytes)
+            self._fenc.start(T_TELEMETRY, F_ACK, link.tel_seq, link.tel_ack,
+                             self.telemetry_buf, 0, self.tel_len, self.tx, 0)
+            self.tel_state = _TEL_FRAMING
+        n = self._fenc.step(self._tel_chunk)
+        if n < 0:
+            return True
+        self.tel_state = _TEL_NONE
+        if link.telemetry_end(self.tel_len):
+            self.tx_pos = 0
+            self.tx_len = n
+            self._write()
+        return True

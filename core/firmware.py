@@ -92,6 +92,7 @@ from metal.core.telemetry import TelemetryEncoder
 EVENT_QUEUE_SIZE = const(32)
 HB_TIMEOUT_MIN_MS = const(100)
 HB_TIMEOUT_MAX_MS = const(600000)
+REBOOT_WAIT_TICKS = const(50)  # a requested reboot waits this long at most for its RESULT to go out
 
 
 def _identity(config, boot_id, uid, n_parts):
@@ -135,7 +136,7 @@ class Firmware:
         parts = build_parts(config)
         ident, n_ident = _identity(config, boot_id, uid, len(parts))
         self.link = BoardLink(self, hal, ev, parts, ident, n_ident,
-                              lim.heartbeat_timeout_ms, lim.serial_budget)
+                              lim.heartbeat_timeout_ms, lim.serial_budget, lim.telemetry_every)
         self.boot_id = boot_id & 0x3FFFFFFF
         self.uid = uid
         self._sim_fault = getattr(hal, "sim_fault", None)
@@ -253,12 +254,13 @@ class Firmware:
         self.telemetry_countdown -= 1
         if self.telemetry_countdown <= 0 and link.telemetry_now():
             # on the grid of telemetry_every ticks, up to TELEMETRY_SLIP ticks
-            # late when the link is busy (BoardLink.telemetry_now)
+            # late when the link is busy, later while the previous snapshot is
+            # still being framed (BoardLink.telemetry_now)
             c = self.telemetry_countdown + self.limits.telemetry_every
             self.telemetry_countdown = c if c > 0 else 1
             tel = self.telemetry
             if tel.buf is not link.telemetry_buf:
-                tel.buf = link.telemetry_buf  # encode in the link's slot: no copy
+                tel.buf = link.telemetry_buf  # encode where it is framed from: no copy
             loop = self.loop
             link.commit_telemetry(tel.encode(
                 self.sensors, self.fans, self.power, self.gpio.levels,
@@ -269,8 +271,14 @@ class Firmware:
 
     def phase_stats(self, now_ms):
         if self.reboot_pending:
-            self.reboot_pending = 0
-            self.hal.reboot()
+            # after the reboot's RESULT went out (the link sends a frame a tick),
+            # or after REBOOT_WAIT_TICKS if the link cannot send it (a full
+            # window: the host stopped acking)
+            if self.link.results_out() or self.reboot_pending > REBOOT_WAIT_TICKS:
+                self.reboot_pending = 0
+                self.hal.reboot()
+            else:
+                self.reboot_pending += 1
 
     # -- safety ---------------------------------------------------------------------------
     def enter_safe_state(self, reason):
@@ -373,7 +381,8 @@ class Firmware:
                 return R_INVALID_ARGUMENT
             return sec.set_soft_estop(arg)
         if op == OP_REBOOT:
-            self.reboot_pending = 1
+            if not self.reboot_pending:
+                self.reboot_pending = 1
             return R_OK
         if op == OP_SET_HB_TIMEOUT:
             if arg < HB_TIMEOUT_MIN_MS or arg > HB_TIMEOUT_MAX_MS:

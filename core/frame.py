@@ -53,35 +53,51 @@ def encode_frame(ftype, flags, seq, ack, payload, p_start, p_len, scratch, out, 
     bytes (its contents afterwards are unspecified). Header fields are masked
     to their widths (``ftype`` to 4 bits, the rest to 8). Returns the number
     of bytes written, or -1 if ``p_len`` is negative or above MAX_PAYLOAD, or
-    a buffer is too small.
+    a buffer is too small. ``FrameEncoder`` does the same over several calls.
     """
     if p_len < 0 or p_len > MAX_PAYLOAD:
         return -1
     n = HEADER_LEN + p_len
     if len(scratch) < n + CRC_LEN:
         return -1
-    scratch[0] = (PROTO_VERSION << 4) | (ftype & 0x0F)
-    scratch[1] = flags & 0xFF
-    scratch[2] = seq & 0xFF
-    scratch[3] = ack & 0xFF
+    _header(scratch, ftype, flags, seq, ack)
     if out_start + n + CRC_LEN + 2 > len(out):
         # ``out`` may be too small for this frame: the checked three-pass path
         return _encode_checked(payload, p_start, p_len, scratch, out, out_start)
+    st = _ST
+    st[0] = out_start
+    st[1] = 0xFF
+    st[2] = 0xFF
+    _cobs_crc(scratch, 0, HEADER_LEN, out_start + 1, out, st)
+    _cobs_crc(payload, p_start, p_start + p_len, out_start + 1 + HEADER_LEN - p_start, out, st)
+    return _finish(out, out_start + 1 + n, st) - out_start
 
-    # One pass over header and payload computes the CRC and COBS-encodes at
-    # once (cobs.cobs_encode with crc16.crc16 folded in). Each input byte
-    # takes exactly one output byte (itself, or for a 0x00 the code byte of
-    # the group it opens), so within a piece the output index is the input
-    # index plus a constant ``d``. body + CRC is at most 254 bytes, so no group
-    # can reach the 254-byte run that COBS splits: no run check per byte.
+
+def _header(buf, ftype, flags, seq, ack):
+    buf[0] = (PROTO_VERSION << 4) | (ftype & 0x0F)
+    buf[1] = flags & 0xFF
+    buf[2] = seq & 0xFF
+    buf[3] = ack & 0xFF
+
+
+# The one-pass CRC + COBS of encode_frame and FrameEncoder: cobs.cobs_encode
+# with crc16.crc16 folded in. Each input byte takes exactly one output byte
+# (itself, or for a 0x00 the code byte of the group it opens), so within a
+# run the output index is the input index plus a constant ``d``. body + CRC
+# is at most 254 bytes, so no group can reach the 254-byte run that COBS
+# splits: no run check per byte. ``st`` carries the state between runs:
+# [index of the open group's code byte, CRC high byte, CRC low byte].
+_ST = array("i", [0, 0xFF, 0xFF])  # encode_frame's (one frame at a time)
+
+
+def _cobs_crc(src, start, end, d, out, st):
     th = _CRC_HI
     tl = _CRC_LO
-    hi = 0xFF
-    lo = 0xFF
-    cp = out_start  # the code byte of the open group
-    d = out_start + 1
-    for i in range(HEADER_LEN):
-        b = scratch[i]
+    cp = st[0]
+    hi = st[1]
+    lo = st[2]
+    for i in range(start, end):
+        b = src[i]
         x = hi ^ b
         hi = lo ^ th[x]
         lo = tl[x]
@@ -91,20 +107,17 @@ def encode_frame(ftype, flags, seq, ack, payload, p_start, p_len, scratch, out, 
             o = i + d
             out[cp] = o - cp
             cp = o
-    d = out_start + 1 + HEADER_LEN - p_start
-    for i in range(p_start, p_start + p_len):
-        b = payload[i]
-        x = hi ^ b
-        hi = lo ^ th[x]
-        lo = tl[x]
-        if b:
-            out[i + d] = b
-        else:
-            o = i + d
-            out[cp] = o - cp
-            cp = o
-    # the CRC, big-endian: hi then lo
-    o = out_start + 1 + n
+    st[0] = cp
+    st[1] = hi
+    st[2] = lo
+
+
+def _finish(out, o, st):
+    # the CRC (big-endian: hi then lo) at out[o], the last code byte and the
+    # delimiter; returns the index after the delimiter
+    cp = st[0]
+    hi = st[1]
+    lo = st[2]
     if hi:
         out[o] = hi
     else:
@@ -119,7 +132,70 @@ def encode_frame(ftype, flags, seq, ack, payload, p_start, p_len, scratch, out, 
     o += 1
     out[cp] = o - cp  # the last group: at most 254 data bytes, code <= 0xFF
     out[o] = 0
-    return o + 1 - out_start
+    return o + 1
+
+
+class FrameEncoder:
+    """``encode_frame`` spread over several calls, for a frame too costly to
+    encode in one tick (the board's TELEMETRY): ``start`` takes the header
+    and the payload's place, each ``step(k)`` encodes up to ``k`` more
+    payload bytes. The payload must not change until the frame is done::
+
+        idle --start()--> running --step(k) ... step(k)--> idle, frame in out
+                             (step returns -1 while payload bytes remain)
+
+    Allocates nothing after construction."""
+
+    def __init__(self):
+        self._hdr = bytearray(HEADER_LEN)
+        self._st = array("i", [0, 0xFF, 0xFF])
+        self.running = 0
+        self._src = None
+        self._out = None
+        self._i = 0  # next payload index
+        self._end = 0
+        self._d = 0  # output index - payload index
+        self._o0 = 0  # out_start
+
+    def start(self, ftype, flags, seq, ack, payload, p_start, p_len, out, out_start):
+        """Begin a frame into ``out[out_start:]`` (room for the whole frame
+        needed: ``p_len + 8`` bytes). False if ``p_len`` is out of range or
+        ``out`` too small; then nothing is running."""
+        self.running = 0
+        if p_len < 0 or p_len > MAX_PAYLOAD or out_start + HEADER_LEN + p_len + CRC_LEN + 2 > len(out):
+            return False
+        h = self._hdr
+        _header(h, ftype, flags, seq, ack)
+        st = self._st
+        st[0] = out_start
+        st[1] = 0xFF
+        st[2] = 0xFF
+        _cobs_crc(h, 0, HEADER_LEN, out_start + 1, out, st)
+        self._src = payload
+        self._out = out
+        self._i = p_start
+        self._end = p_start + p_len
+        self._d = out_start + 1 + HEADER_LEN - p_start
+        self._o0 = out_start
+        self.running = 1
+        return True
+
+    def step(self, k):
+        """Encode up to ``k`` (>= 1) more payload bytes; -1 while some remain,
+        else the frame is complete: returns its length, delimiter included."""
+        if not self.running:
+            return -1
+        i = self._i
+        e = i + k
+        if e < self._end:
+            _cobs_crc(self._src, i, e, self._d, self._out, self._st)
+            self._i = e
+            return -1
+        e = self._end
+        _cobs_crc(self._src, i, e, self._d, self._out, self._st)
+        self.running = 0
+        self._src = None
+        return _finish(self._out, e + self._d, self._st) - self._o0
 
 
 def _encode_checked(payload, p_start, p_len, scratch, out, out_start):

@@ -330,6 +330,9 @@ class Link:
         self._upend_n = 0  # how many _upend are set
         self._urr = 0
         self._tel_tx = 0
+        self.tel_seq = 0  # telemetry_begin's header
+        self.tel_ack = 0
+        self._tel_gen = 0
         self._tel_rx_have = False
         self._tel_rx_last = 0
 
@@ -464,6 +467,35 @@ class Link:
                 self._upend[u] = 1
                 self._upend_n += 1
         self.quiet = False
+        return True
+
+    def telemetry_begin(self):
+        """For a caller that frames TELEMETRY itself, over several ticks (the
+        board: BoardLink, with frame.FrameEncoder): the header of the next
+        TELEMETRY frame in ``tel_seq``, ``tel_ack`` (flags F_ACK). False when
+        not connected: nothing may be sent. Changes nothing until
+        ``telemetry_end``."""
+        if self.state != ST_CONNECTED:
+            return False
+        self.tel_seq = self._tel_tx & 0xFF
+        self.tel_ack = self._rcv_nxt
+        self._tel_gen = self.stats[S_SESSIONS]
+        return True
+
+    def telemetry_end(self, n_payload):
+        """The frame begun by ``telemetry_begin`` is built (``n_payload``
+        payload bytes): True if it may go out, i.e. the link is still in the
+        session it was begun in; then it counts as sent (its seq is used, the
+        ack it carries is given). False: drop it (a new session started)."""
+        if self.state != ST_CONNECTED or self.stats[S_SESSIONS] != self._tel_gen:
+            return False
+        self._tel_tx = (self._tel_tx + 1) & _MASK
+        s = self.stats
+        s[S_TX_FRAMES] = (s[S_TX_FRAMES] + 1) & _MASK
+        s[S_TX_BYTES] = (s[S_TX_BYTES] + n_payload + _WIRE_EXTRA) & _MASK
+        if self.tel_ack == self._rcv_nxt:
+            # (a reliable frame that arrived in between is still owed its ack)
+            self._ack_pending = False
         return True
 
     def feed(self, data, start, end, now_ms):

@@ -28,7 +28,7 @@ class TelemetryEncoder:
         if self.analog_len + 48 > MAX_PAYLOAD:
             raise ValueError("telemetry does not fit a frame for this board")
         # where encode() writes; a memoryview, so that the firmware can point
-        # it at the link's TELEMETRY slot (BoardLink.telemetry_buf): no copy
+        # it at the board link's buffer (BoardLink.telemetry_buf): no copy
         self.buf = memoryview(bytearray(MAX_PAYLOAD))
         self.len = 0
         self._tail = [0] * (N_FIELDS - 1)  # positions 1..9, staged for uints_into

@@ -508,3 +508,45 @@ def test_codec_allocation_free_under_heap_lock(mpvm):
     # both VMs; the 32-bit one also catches intermediates >= 2**30
     r = mpvm.run(_HEAP_SCRIPT, timeout=120).check()
     assert r.stdout.split() == ["OK", "2", "602", "602"]
+
+
+# -- FrameEncoder: encode_frame over several calls ------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 15), st.integers(0, 255), st.integers(0, 255), st.integers(0, 255),
+       st.binary(max_size=MAX_PAYLOAD), st.integers(1, 300), st.integers(0, 8))
+def test_frame_encoder_equals_encode_frame(ftype, flags, seq, ack, payload, chunk, out_start):
+    from metal.core.frame import FrameEncoder
+
+    want = bytearray(MAX_WIRE + 8)
+    n = encode_frame(ftype, flags, seq, ack, payload, 0, len(payload), bytearray(SCRATCH_LEN),
+                     want, out_start)
+    enc = FrameEncoder()
+    out = bytearray(MAX_WIRE + 8)
+    src = bytearray(3) + payload  # the payload at an offset, read where it is
+    assert enc.start(ftype, flags, seq, ack, src, 3, len(payload), out, out_start)
+    steps = 0
+    while True:
+        r = enc.step(chunk)
+        steps += 1
+        if r >= 0:
+            break
+        assert enc.running and steps <= MAX_PAYLOAD
+    assert r == n and out[out_start:out_start + n] == want[out_start:out_start + n]
+    assert steps == max(1, -(-len(payload) // chunk))
+    assert not enc.running and enc.step(chunk) == -1  # idle: nothing to do
+
+
+def test_frame_encoder_refuses_what_does_not_fit():
+    from metal.core.frame import FrameEncoder
+
+    enc = FrameEncoder()
+    p = bytes(range(1, 41))
+    assert not enc.start(1, 0, 0, 0, p, 0, MAX_PAYLOAD + 1, bytearray(MAX_WIRE + 8), 0)
+    assert not enc.start(1, 0, 0, 0, p, 0, -1, bytearray(MAX_WIRE), 0)
+    assert not enc.start(1, 0, 0, 0, p, 0, 40, bytearray(47), 0)  # 40 + 8 bytes needed
+    assert not enc.running and enc.step(10) == -1
+    out = bytearray(48)
+    assert enc.start(1, 0, 0, 0, p, 0, 40, out, 0)
+    assert enc.step(100) == 48 and out[47] == 0

@@ -1273,3 +1273,45 @@ def test_steady_state_zero_alloc_micropython(mpvm):
     steps = 3000 if mpvm.name == "unix" else 2000
     r = mpvm.run(MP_SCRIPT.replace("STEPS", str(steps)), timeout=240).check()
     _check_mp_result(r.stdout)
+
+
+def test_telemetry_framed_by_the_caller():
+    """telemetry_begin/_end: the board link frames TELEMETRY itself over ticks.
+    The frame carries the seq and ack of its beginning; _end counts it sent
+    (seq used, the ack given unless a reliable frame arrived in between) and
+    refuses it once a new session started."""
+    board, host = _pair()
+    out = bytearray(MAX_WIRE)
+    t = MS_BASE + 5
+    p = cbor2.dumps({0: 1})
+    assert board.telemetry_begin() and (board.tel_seq, board.tel_ack) == (0, 0)
+    assert board.telemetry_end(len(p))
+    f = _frame(T_CMD, seq=0, ack=0, payload=p)
+    board.feed(f, 0, len(f), t)  # an ack is owed
+    assert board.telemetry_begin() and (board.tel_seq, board.tel_ack) == (1, 1)
+    n = encode_frame(T_TELEMETRY, F_ACK, board.tel_seq, board.tel_ack, p, 0, len(p),
+                     bytearray(SCRATCH_LEN), out, 0)
+    assert board.telemetry_end(len(p))
+    assert board.poll(t, out, 0) == 0  # the TELEMETRY carried the ack
+    host.feed(out, 0, n, t)
+    assert host.ev == EV_MESSAGE and host.rx_type == T_TELEMETRY and host.rx_seq == 1
+    # a reliable frame arriving while a TELEMETRY is built: its ack is still owed
+    assert board.telemetry_begin() and board.tel_ack == 1
+    f = _frame(T_CMD, seq=1, ack=0, payload=p)
+    board.feed(f, 0, len(f), t)
+    assert board.telemetry_end(len(p))
+    n = board.poll(t, out, 0)
+    assert frame_header(out[:n]) == (T_ACK, F_ACK, 0, 2)
+    # a new session while a TELEMETRY is built: dropped, its seq not used
+    assert board.telemetry_begin() and board.tel_seq == 3
+    host2 = Link(ROLE_HOST, session_start=900)
+    for _ in range(4):
+        for a, b in ((host2, board), (board, host2)):
+            m = a.poll(t, out, 0)
+            if m:
+                b.feed(out, 0, m, t)
+    assert board.state == ST_CONNECTED and board.session == host2.session
+    assert not board.telemetry_end(len(p))
+    assert board.telemetry_begin() and board.tel_seq == 3
+    board.disconnect()
+    assert not board.telemetry_begin()

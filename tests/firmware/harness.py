@@ -21,12 +21,15 @@ One harness step::
     now += 10 ms
 
 so a CMD written by the host after tick k is executed by the board in tick
-k + 1 and its RESULT is recorded in that same step.
+k + 1; its RESULT goes out a tick or more later (the board meters its link
+work: one frame a tick, see core/board_link.py).
 
 Ticks are counted from 0 (``tick`` = number of ticks run so far; the tick
 that just ran is ``tick - 1``). Board events carry the board's ms; ``Event.tick``
 is the board tick that pushed it, so timing assertions do not depend on the
-link's queueing delay.
+link's queueing delay, and the event queries (``events_of``,
+``rail_events_since``) also see the events still on their way to the host
+(``pending_events``).
 
 The µs tick clock wraps at 2**30 like a board's ``ticks_us`` (~17.9 min);
 ``start_us`` lets a test start just before the wrap.
@@ -41,6 +44,7 @@ from metal.core.firmware import Firmware
 from metal.core.link import EV_MESSAGE, ROLE_HOST, ST_CONNECTED, Link
 from metal.core.proto import (
     EV_RAIL_STATE,
+    MAX_PAYLOAD,
     OP_POWER_ON,
     PWR_ON,
     R_OK,
@@ -284,8 +288,37 @@ class SimBoard:
         return self.wait_result(self.send_cmd(op, target, arg, arg2), max_ticks)
 
     # -- queries --------------------------------------------------------------------
+    def pending_events(self):
+        """Events the board has pushed that the host has not received yet: in
+        its reliable queue (maybe in flight) or still in its event ring. The
+        board meters its link work (core/board_link.py), so a burst of events
+        reaches the host over several ticks; ``rx_tick`` is None here."""
+        link = self.fw.link.link
+        got = {e.seq for e in self.events}
+        out = []
+        for r in range(link._qcount):
+            k = (link._qhead + r) % link.queue_slots
+            if link._qtype[k] == T_EVENT:
+                o = k * MAX_PAYLOAD
+                p = decode_payload(bytes(link.pbuf[o:o + link._qlen[k]]))
+                if p[0] not in got:
+                    out.append(Event(self.board_tick_of_ms(p[4]), None, p[0], p[1], p[2], p[3],
+                                     p[4], p.get(5, 0)))
+        ev = self.fw.events
+        for j in range(ev.count):
+            i = (ev.head + j) % ev.size
+            ms = ev.ms[i] & _MASK
+            out.append(Event(self.board_tick_of_ms(ms), None, ev.seq[i], ev.kind[i],
+                             ev.source[i], ev.value[i], ms, ev.aux[i]))
+        return out
+
+    def all_events(self):
+        """Every event the board pushed so far and did not drop, in order:
+        received by the host, then on its way (``pending_events``)."""
+        return self.events + self.pending_events()
+
     def events_of(self, kind, source=None):
-        return [e for e in self.events
+        return [e for e in self.all_events()
                 if e.kind == kind and (source is None or e.source == source)]
 
     def last_telemetry(self):
@@ -297,7 +330,7 @@ class SimBoard:
 
     def rail_events_since(self, tick):
         """(rail, state, reason) of every EV_RAIL_STATE pushed at or after ``tick``."""
-        return [(e.source, e.value, e.aux) for e in self.events
+        return [(e.source, e.value, e.aux) for e in self.all_events()
                 if e.kind == EV_RAIL_STATE and e.tick >= tick]
 
     def enables_since(self, tick):
