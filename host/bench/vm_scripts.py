@@ -219,6 +219,24 @@ if TIMED_TICKS:
     cals.sort()
     print("calibration_us", cals[len(cals) // 2])
     print("calibration_us_min", cals[0])
+
+    # The machine's own spread: one fixed piece of work about a tick's size
+    # (700 loop turns, ~0.007 of the calibration), timed like the ticks. Its
+    # p99 / p50 is what the same work costs at p99 here, code aside.
+    def fixed_work():
+        x = 0
+        for i in range(700):
+            x = x ^ i
+        return x
+
+    NOISE_N = 1000
+    nd = array("i", [0] * NOISE_N)
+    for j in range(NOISE_N):
+        t0 = clock()
+        fixed_work()
+        nd[j] = elapsed_us(t0)
+    nds = sorted(nd)
+    print("noise_p99_over_p50_e3", nds[NOISE_N * 99 // 100] * 1000 // (nds[NOISE_N // 2] or 1))
 else:
     print("calibration_us", calibrate())
 '''
