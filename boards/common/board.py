@@ -17,7 +17,7 @@ reset.
 """
 
 from metal.core.config import BoardConfig, GpioLine, PULL_NONE
-from metal.core.interlocks.defaults import FAN_WATCH_STATE, default_interlocks
+from metal.core.interlocks.defaults import FAN_WATCH_STALLED, default_interlocks
 
 RESET_POWER_ON = 0
 RESET_COMMANDED = 1  # the firmware rebooted itself (REBOOT command)
@@ -30,7 +30,10 @@ RESET_OTHER = 5
 # Their fan rows watch the fan state, so the delay must outlast a spin-up.
 CRIT_HYSTERESIS_MC = 3000
 CRIT_DELAY_TICKS = 3
-FAN_FAULT_DELAY_MS = 3000  # longer than a spin-up (FAN_SPINUP_MS 2000 on both boards)
+# A stall must last this long before a real board's fan row trips: a real
+# tachometer can miss a window's pulses now and then (a noisy or loose tach
+# wire); a fan that really stopped stays stalled.
+FAN_STALL_DELAY_MS = 3000
 
 
 class DigitalPin:
@@ -73,8 +76,10 @@ def gpio_lines(pins, n_gpio):
 
 def board_config(name, fw_version, pins, n_gpio, zones, sensors, fans, rails, security, limits):
     """A real board's BoardConfig (start-up only): GPIO lines from ``pins`` (see
-    ``gpio_lines``) and the standard interlock set, fans watched by state for
-    FAN_FAULT_DELAY_MS (300 ticks at 10 ms); everything else is the board's own."""
+    ``gpio_lines``) and the standard interlock set, each fan's row tripping once
+    it has been stalled for FAN_STALL_DELAY_MS (300 ticks at 10 ms): a fan its
+    zone switched off (duty 0, state OFF) is no fault; everything else is the
+    board's own."""
     return BoardConfig(
         name,
         fw_version,
@@ -85,7 +90,7 @@ def board_config(name, fw_version, pins, n_gpio, zones, sensors, fans, rails, se
         gpio=gpio_lines(pins, n_gpio),
         security=security,
         interlocks=default_interlocks(sensors, fans, rails, CRIT_HYSTERESIS_MC, CRIT_DELAY_TICKS,
-                                      fan_watch=FAN_WATCH_STATE,
-                                      fan_delay_ticks=FAN_FAULT_DELAY_MS * 1000 // limits.tick_us),
+                                      fan_watch=FAN_WATCH_STALLED,
+                                      fan_delay_ticks=FAN_STALL_DELAY_MS * 1000 // limits.tick_us),
         limits=limits,
     )

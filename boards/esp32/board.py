@@ -45,7 +45,7 @@ Not fitted, honestly reported: rail voltage/current monitors (READ_ERROR,
 telemetry shows 0, no overcurrent configured).
 
 Interlocks as on the Pico (core/interlocks/defaults.py): <sensor>_crit
-(ACT_OVERHEAT), <fan>_fault (fan state not OK for 3 s: ACT_FANS_MAX),
+(ACT_OVERHEAT), <fan>_stall (stalled for 3 s: ACT_FANS_MAX),
 <rail>_fault (latched ACT_POWER_DOWN), estop (latched ACT_LOCKOUT).
 """
 

@@ -46,9 +46,9 @@ n and tach ch n), rail (rail n), digital (GPIO lines first, then security).
 
 Interlocks: the standard set of core/interlocks/defaults.py with the real
 boards' policy (common/board.py ``board_config``), in table order
-<sensor>_crit (ACT_OVERHEAT), <fan>_fault (fan state not OK for 3 s:
+<sensor>_crit (ACT_OVERHEAT), <fan>_stall (stalled for 3 s:
 ACT_FANS_MAX), <rail>_fault (latched ACT_POWER_DOWN), estop (latched
-ACT_LOCKOUT). The sim board watches its fans' stalled flag instead.
+ACT_LOCKOUT). The sim board's fan rows trip at once (its stall is exact).
 """
 
 # RESET_* (EV_BOOT reset causes, board-neutral), DigitalPin and used_gpios are shared

@@ -21,10 +21,13 @@ Fan rows (``fan_watch``):
 
 * FAN_WATCH_STALLED watches the fan driver's stalled flag, which is 1 exactly
   in the STALLED state; the driver already judged the stall over a measuring
-  window after the spin-up grace, so no delay is needed (boards/sim).
+  window after the spin-up grace, so the sim board needs no delay, and the
+  real boards (boards/common) add 3 s against a tach that misses a window.
+  A fan its zone switched off (duty 0) is OFF, not stalled: no trip.
 * FAN_WATCH_STATE trips on any state other than FAN_OK (STALLED, but also a
   spin-up or an OFF fan) once it has lasted ``fan_delay_ticks``, which must
-  then be longer than a spin-up (boards/rp2040, boards/esp32: 3 s).
+  then be longer than a spin-up. No board uses it: a zone at duty 0 (a
+  manual duty of 0) would trip it and force every fan to full.
 
 Runs once in ``make_config()``: it allocates the rows and a tuple, which is
 fine at start-up; nothing here is on the tick path.

@@ -145,8 +145,8 @@ def test_unknown_fan_watch_is_rejected():
 
 @pytest.mark.parametrize("mod, policy, watch, delay", [
     (sim, sim, FAN_WATCH_STALLED, 0),
-    (rp2040, common, FAN_WATCH_STATE, 300),  # 3 s of 10 ms ticks
-    (esp32, common, FAN_WATCH_STATE, 300),
+    (rp2040, common, FAN_WATCH_STALLED, 300),  # 3 s of 10 ms ticks
+    (esp32, common, FAN_WATCH_STALLED, 300),
 ])
 def test_every_board_builds_the_default_set(mod, policy, watch, delay):
     c = mod.make_config()
@@ -157,12 +157,64 @@ def test_every_board_builds_the_default_set(mod, policy, watch, delay):
 
 
 def test_fan_fault_delay_follows_the_tick():
-    """The real boards' fan rows wait FAN_FAULT_DELAY_MS whatever the tick (spin-up: 2 s)."""
+    """The real boards' fan rows wait FAN_STALL_DELAY_MS whatever the tick."""
     c = rp2040.make_config()
     c20 = common.board_config("t", "0", rp2040.PINS, rp2040.N_GPIO, c.zones, c.sensors, c.fans,
                               c.rails, c.security,
                               Limits(tick_us=20000, serial_budget=128))
-    fan_rows = [il for il in c20.interlocks if il.name.endswith("_fault") and il.signal[0] == SIG_FAN_STATE]
+    fan_rows = [il for il in c20.interlocks if il.signal[0] == SIG_FAN_STALLED]
+    assert [il.name for il in fan_rows] == [f.name + "_stall" for f in c.fans]
     assert [il.delay_ticks for il in fan_rows] == [150] * len(c.fans)
-    assert common.FAN_FAULT_DELAY_MS > rp2040.FAN_SPINUP_MS and common.FAN_FAULT_DELAY_MS > esp32.FAN_SPINUP_MS
     assert [g.name for g in c20.gpio] == [d.name for d in rp2040.PINS.digital[:rp2040.N_GPIO]]
+
+
+@pytest.mark.parametrize("mod", [rp2040, esp32])
+def test_real_boards_fan_rows_ignore_a_fan_switched_off_and_trip_on_a_stall(mod):
+    """A real board's fan driver and fan rows together: a fan its zone switched
+    off (duty 0: OFF) trips nothing however long; a fan driven but giving no
+    pulses is STALLED after its spin-up and a window, and its row trips
+    FAN_STALL_DELAY_MS later (ACT_FANS_MAX), not before."""
+    from drivers.thermal_fake_hal import ThermalFakeHal
+    from metal.core.drivers.fans import FanBank
+    from metal.core.events import EventQueue
+    from metal.core.interlocks.table import InterlockTable
+    from metal.core.proto import FAN_OFF, FAN_STALLED
+    from metal.core.signals import Signals
+
+    c = mod.make_config()
+    tick_ms = c.limits.tick_us // 1000
+    hal = ThermalFakeHal()
+    sig = Signals(len(c.sensors), len(c.fans), len(c.rails))
+    q = EventQueue(64)
+    fans = FanBank(c.fans, hal, sig, q, tick_ms)
+    rows = tuple(il for il in c.interlocks if il.signal[0] in (SIG_FAN_STALLED, SIG_FAN_STATE))
+    assert len(rows) == len(c.fans) and all(il.action == ACT_FANS_MAX for il in rows)
+    table = InterlockTable(rows, sig, q)
+    now = [0]
+
+    def tick():
+        now[0] += tick_ms
+        q.now_ms = now[0]
+        hal.sample(now[0] * 1000)
+        fans.step(now[0])
+        fans.apply()
+        return table.evaluate()
+
+    for i in range(len(c.fans)):
+        fans.set_duty(i, 0)
+    for _ in range(2 * common.FAN_STALL_DELAY_MS // tick_ms):
+        assert tick() == 0
+    assert all(st == FAN_OFF for st in fans.state)
+
+    fans.set_duty(0, 1000)  # driven, but its tach gives nothing: a locked rotor
+    ticks = 0
+    while fans.state[0] != FAN_STALLED:
+        assert tick() == 0
+        ticks += 1
+        assert ticks * tick_ms <= c.fans[0].spinup_ms + 2 * fans.window_ms
+    stalled_at = ticks
+    while not table.tripped:
+        tick()
+        ticks += 1
+    assert (ticks - stalled_at) * tick_ms == common.FAN_STALL_DELAY_MS
+    assert table.tripped == 1  # row 0: the first fan's

@@ -120,12 +120,12 @@ def test_uart_host_link_pins_count_as_used():
 def test_interlock_table():
     c = make_config()
     names = [il.name for il in c.interlocks]
-    assert names == ([s.name + "_crit" for s in c.sensors] + [f.name + "_fault" for f in c.fans]
+    assert names == ([s.name + "_crit" for s in c.sensors] + [f.name + "_stall" for f in c.fans]
                      + [r.name + "_fault" for r in c.rails] + ["estop"])
     by_name = {il.name: il for il in c.interlocks}
     assert by_name["cpu_crit"].action == ACT_OVERHEAT
     assert by_name["cpu_crit"].threshold == c.sensors[0].crit_mc
-    assert by_name["cpu_fan_fault"].action == ACT_FANS_MAX
+    assert by_name["cpu_fan_stall"].action == ACT_FANS_MAX
     assert by_name["p5v_fault"].action == ACT_POWER_DOWN and by_name["p5v_fault"].latch
     assert by_name["estop"].action == ACT_LOCKOUT and by_name["estop"].latch
 
