@@ -316,6 +316,7 @@ class DeviceSession:
         self._tel_msg: PreSerialized | None = None
         self._tel_msg_version = -1
         self.commands_total: dict[str, int] = {}
+        self.late_results = 0  # RESULTs for a command already settled (a repeat, or unknown)
         #: CMD frames written to the transport (first sends and retransmissions)
         self.cmd_frames_tx = 0
         self.events_received = 0
@@ -1019,8 +1020,10 @@ class DeviceSession:
         except (store_mod.UnknownCommand, store_mod.InvalidTransition) as exc:
             log.info("%s: late or unknown RESULT for command %d (%s): %s", self.device_id, cid,
                      name, exc)
-            p = orphan = None
-            rows = []
+            # (a board answers a repeated CMD again; the command was counted once already)
+            self.late_results += 1
+            self._orphans.rows = [r for r in self._orphans.rows if r.command_id != cid]
+            return
         except Exception:
             log.exception("%s: could not store the RESULT of command %d; restarting the "
                           "session", self.device_id, cid)

@@ -489,6 +489,9 @@ def test_unplug_replug_same_boot_resends_without_double_execution(store: Store) 
             assert executed == [P.OP_RAIL_ON]  # once, although the CMD went out twice
             row = store.find_command("dev", "u1", principal="t")
             assert row is not None and row.state == "applied"
+            # the board answered twice (once per session): one command, counted once
+            await until(lambda: s.late_results >= 1, 2, "the repeated RESULT")
+            assert s.commands_total == {"ok": 1}
         finally:
             await s.stop()
 
