@@ -563,9 +563,10 @@ class BoardLink:
             if not link.telemetry_begin():
                 self.tel_state = _TEL_NONE  # not connected: nobody to send it to
                 return False
-            # (the frame fits: a snapshot is at most MAX_PAYLOAD bytes)
-            self._fenc.start(T_TELEMETRY, F_ACK, link.tel_seq, link.tel_ack,
-                             self.telemetry_buf, 0, self.tel_len, self.tx, 0)
+            if not self._fenc.start(T_TELEMETRY, F_ACK, link.tel_seq, link.tel_ack,
+                                    self.telemetry_buf, 0, self.tel_len, self.tx, 0):
+                self.tel_state = _TEL_NONE  # (cannot happen: a snapshot fits a frame)
+                return False
             self.tel_state = _TEL_FRAMING
         n = self._fenc.step(self._tel_chunk)
         if n < 0:

@@ -309,7 +309,8 @@ def _zone(req: CommandRequest, lay: Layout, sim: bool) -> BoardCommand:
             f"setpoint_c {_fmt(sp)} for zone {name!r} must be below the lowest critical "
             f"limit of its sensors, {_fmt(min(crit))} °C", field="value")
     mc = int(round(sp * 1000))
-    return BoardCommand(P.OP_ZONE_SETPOINT, idx, mc, text=f"zone {name} setpoint {_fmt(sp)} °C",
+    return BoardCommand(P.OP_ZONE_SETPOINT, idx, mc, desired=((f"setpoint:{name}", sp),),
+                        text=f"zone {name} setpoint {_fmt(sp)} °C",
                         meta={"zone": name, "setpoint_c": sp})
 
 

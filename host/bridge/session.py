@@ -84,7 +84,8 @@ policy:
   duty back;
 * ``always_on`` -- power on, desired rails recorded "on".
 
-In every policy GPIO outputs and the lock/arm state are re-applied from the desired state.
+In every policy zone setpoints, GPIO outputs and the lock/arm state are re-applied from the
+desired state.
 The outcome is published as ``state.resync``. Events continue under the new boot id (the
 bus starts a new sequence space).
 """
@@ -898,6 +899,9 @@ class DeviceSession:
                 duty = self.zone_manual_duty[i] if i < len(self.zone_manual_duty) else None
                 entry["duty_pct"] = duty if duty is not None else z["duty_pct"]
             rep[f"zone:{z['name']}"] = entry
+            if isinstance(z.get("setpoint_c"), (int, float)):
+                # what this boot was set to, else the board's configured default
+                rep[f"setpoint:{z['name']}"] = z["setpoint_c"]
         for g in snap["gpio"]:
             if g["level"] is not None:
                 rep[f"gpio:{g['name']}"] = g["level"]
@@ -1363,6 +1367,11 @@ class DeviceSession:
                     if n in on and n not in has_on_child:
                         plan.append(BoardCommand(P.OP_RAIL_ON, i, text=f"rail on {n} (last_state)"))
         for i, z in enumerate(lay.zones):
+            sp = desired.get(f"setpoint:{z['name']}")
+            if isinstance(sp, (int, float)) and not isinstance(sp, bool):
+                plan.append(BoardCommand(P.OP_ZONE_SETPOINT, i, int(round(sp * 1000)),
+                                         text=f"zone {z['name']} setpoint {sp:g} °C",
+                                         meta={"zone": z["name"], "setpoint_c": sp}))
             d = desired.get(f"zone:{z['name']}")
             if isinstance(d, dict) and d.get("mode") == "manual":
                 duty = float(d.get("duty_pct", 0))

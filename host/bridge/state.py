@@ -18,6 +18,7 @@ Keys are generic, names come from the board's DESCRIBE::
     "zone:<name>"     desired {"mode": "auto"} | {"mode": "manual", "duty_pct": 0..100}
                       reported {"mode": "auto"|"manual"|"failsafe"|"max", "duty_pct": x}
     "gpio:<name>"     0 | 1
+    "setpoint:<zone>" the zone's setpoint in °C (a number)
     "security.lock"   "locked" | "unlocked"
     "security.armed"  True | False
 
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -69,7 +71,7 @@ def validate_desired(key: str, value: Any) -> Any:
     ``None`` is always allowed: it withdraws the desire (a tombstone).
     """
     if value is None:
-        if not any(_named(key, p) for p in ("rail:", "zone:", "gpio:")) and key not in (
+        if not any(_named(key, p) for p in ("rail:", "zone:", "gpio:", "setpoint:")) and key not in (
             "security.lock",
             "security.armed",
         ):
@@ -95,6 +97,11 @@ def validate_desired(key: str, value: Any) -> Any:
                 raise ValueError(f"{key}: duty_pct must be a number 0..100, got {duty!r}")
             return {"mode": "manual", "duty_pct": duty}
         raise ValueError(f"{key}: mode must be 'auto' or 'manual', got {mode!r}")
+    if _named(key, "setpoint:"):
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value)):
+            raise ValueError(f"{key}: expected a setpoint in °C, got {value!r}")
+        return float(value)
     if _named(key, "gpio:"):
         if value is True or value is False or value not in (0, 1):
             raise ValueError(f"{key}: expected 0 or 1, got {value!r}")
@@ -291,6 +298,11 @@ def drift_reason(
         return None if reported in _RAIL_SATISFIES[desired] else "mismatch"
     if key.startswith("zone:") and isinstance(desired, Mapping):
         return _zone_drift(desired, reported, duty_tolerance_pct)
+    if key.startswith("setpoint:"):
+        try:
+            return None if abs(float(reported) - float(desired)) < 0.0005 else "mismatch"
+        except (TypeError, ValueError):
+            return "mismatch"
     if key.startswith("gpio:"):
         try:
             return None if int(reported) == int(desired) else "mismatch"

@@ -89,7 +89,7 @@ def test_zone_manual_units_and_validation() -> None:
 def test_zone_setpoint_in_millidegrees_below_critical() -> None:
     c = tr("zone", "setpoint", "cpu", 55.25)
     assert (c.op, c.target, c.arg) == (P.OP_ZONE_SETPOINT, 0, 55250)
-    assert c.desired == ()  # not a desired-state key
+    assert c.desired == (("setpoint:cpu", 55.25),)  # re-applied after a board reboot
     with pytest.raises(InvalidInput, match="below the lowest critical limit of its sensors, 95"):
         tr("zone", "setpoint", "cpu", 95)
     with pytest.raises(InvalidInput, match=r"75 °C"):  # io_board crit 75 °C

@@ -541,6 +541,11 @@ def test_reboot_resync_last_state(store: Store) -> None:
             await s.execute(rail("on", "p3v3"), principal="t", idempotency_key=None)
             await s.execute(CommandRequest("zone", "manual", "io", 70), principal="t",
                             idempotency_key=None)
+            v = await s.execute(CommandRequest("zone", "setpoint", "cpu", 55.5), principal="t",
+                                idempotency_key=None)
+            assert v.result == "applied" and s.state.desired["setpoint:cpu"] == 55.5
+            cpu = [z.name for z in board.fw.config.zones].index("cpu")
+            assert board.fw.thermal.setpoint[cpu] == 55500
             await until(lambda: s.snapshot.data["power"]["rails"][2]["state"] == "on", 3, "on")
             assert s.state.desired["rail:p12v_main"] == "on"
             assert s.state.desired["rail:p3v3"] == "on"
@@ -557,6 +562,10 @@ def test_reboot_resync_last_state(store: Store) -> None:
                         and rails["p1v8"] == "off" and zones["io"] == "manual")
 
             await until(restored, 5, "LastState re-applied")
+            # the API's setpoint is back on the new boot (it came up with its configured one)
+            await until(lambda: board.fw.thermal.setpoint[cpu] == 55500, 3, "setpoint re-applied")
+            zones = {z["name"]: z for z in s.snapshot.data["thermal"]["zones"]}
+            assert zones["cpu"]["setpoint_c"] == 55.5
             ev = store.query_events(device="dev", type="state.resync").events
             assert ev and ev[-1].payload["policy"] == "last_state"
             assert all(a["result"] == "applied" for a in ev[-1].payload["actions"])

@@ -64,6 +64,9 @@ def row(key: str, value: Any, *, at: float = 0.0, gen: int = 1) -> DesiredRow:
         ("security.lock", "locked", "locked"),
         ("security.armed", True, True),
         ("rail:p3v3", None, None),
+        ("setpoint:cpu", 55, 55.0),
+        ("setpoint:cpu", 55.25, 55.25),
+        ("setpoint:cpu", None, None),
     ],
 )
 def test_validate_accepts(key: str, value: Any, normal: Any) -> None:
@@ -86,6 +89,10 @@ def test_validate_accepts(key: str, value: Any, normal: Any) -> None:
         ("security.armed", 1),
         ("fan:x", 1),
         ("fan:x", None),
+        ("setpoint:cpu", "55"),
+        ("setpoint:cpu", True),
+        ("setpoint:cpu", float("nan")),
+        ("setpoint:", 50),
     ],
 )
 def test_validate_rejects(key: str, value: Any) -> None:
@@ -151,6 +158,9 @@ def test_desired_state_persists_and_generations_are_monotonic(tmp_path: Path) ->
 
 def test_rail_drift_allows_sequencing() -> None:
     assert drift_reason("rail:a", "on", "on") is None
+    assert drift_reason("setpoint:cpu", 55.5, 55.5) is None
+    assert drift_reason("setpoint:cpu", 55.5, 60) == "mismatch"
+    assert drift_reason("setpoint:cpu", 55.5, None) == "mismatch"
     assert drift_reason("rail:a", "on", "seq_on") is None
     assert drift_reason("rail:a", "on", "seq_off") == "mismatch"
     assert drift_reason("rail:a", "on", "fault") == "mismatch"
