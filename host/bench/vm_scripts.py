@@ -78,8 +78,8 @@ def host_side(now_ms, k):
             enc.uint(0)
             enc.uint(now_ms)
             h_send(P.T_HEARTBEAT, pay, 0, enc.pos)
-        if k % 7 == 0:
-            c = (k // 7) % 6
+        if CMD_EVERY and k % CMD_EVERY == 0:
+            c = (k // CMD_EVERY) % 6
             if c == 0:
                 send_cmd(P.OP_ZONE_MANUAL, 0, 400 + k % 300)
             elif c == 1:
@@ -242,11 +242,14 @@ else:
 '''
 
 
-def firmware_script(ticks: int, timed_ticks: int = 0, warmup: int = 300) -> str:
+def firmware_script(ticks: int, timed_ticks: int = 0, warmup: int = 300,
+                    command_every: int = 7) -> str:
     """``ticks`` ticks under heap_lock (allocation count), then ``timed_ticks``
-    ticks timed one by one (unlocked: the WASM clock read allocates a float)."""
+    ticks timed one by one (unlocked: the WASM clock read allocates a float).
+    The host sends a command every ``command_every`` ticks (0: none at all:
+    heartbeats and TELEMETRY only)."""
     return (f"TICKS = {int(ticks)}\nTIMED_TICKS = {int(timed_ticks)}\nWARMUP = {int(warmup)}\n"
-            + FIRMWARE_SCRIPT)
+            f"CMD_EVERY = {int(command_every)}\n" + FIRMWARE_SCRIPT)
 
 
 def parse(stdout: str) -> dict[str, int]:

@@ -43,12 +43,16 @@ def codec_cmd(as_json: bool, iterations: int, vm_iterations: int, no_vms: bool) 
 @click.option("--jitter-seconds", default=2.0, show_default=True, type=click.FloatRange(0.1),
               help="Real-time run per rate (100 Hz, 1 kHz) for the CPython jitter figures.")
 @click.option("--no-vms", is_flag=True, help="Skip the MicroPython VMs (CPython figures only).")
+@click.option("--command-every", default=7, show_default=True, type=click.IntRange(0),
+              help="The host sends a command every N ticks (0: none, heartbeats and "
+                   "telemetry only).")
 def loop_cmd(as_json: bool, ticks: int, timed_ticks: int, jitter_seconds: float,
-             no_vms: bool) -> None:
+             no_vms: bool, command_every: int) -> None:
     """Per-tick cost of the reference sim board per runtime, allocations, jitter."""
     from metal.host.bench import loop
 
-    _emit(loop.run(ticks, timed_ticks, jitter_seconds, vms=not no_vms), as_json)
+    _emit(loop.run(ticks, timed_ticks, jitter_seconds, vms=not no_vms,
+                   command_every=command_every), as_json)
 
 
 @bench.command("api")
