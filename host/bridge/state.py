@@ -31,6 +31,8 @@ Drift rules (``check_drift``), per desired key with a non-None value:
 * zone "auto": reported mode "auto"; zone "manual": mode "manual" and
   ``|duty_pct - desired| <= duty_tolerance_pct``; a board override ("failsafe", "max")
   is drift with reason "override";
+* setpoint: the reported setpoint (the one applied this boot, else the board's configured
+  default) within 0.0005 °C;
 * anything else: equality.
 """
 

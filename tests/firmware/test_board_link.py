@@ -274,3 +274,19 @@ def test_telemetry_every_tick_is_not_spread_and_starves_nothing():
     assert b.host.stats[S_TELEMETRY_LOST] == 0
     sent = [r for r in b.result_log if r.rx_tick >= t0]
     assert len(sent) >= 19 and all(r.code == R_OK for r in sent)
+
+
+def test_reboot_goes_ahead_when_its_result_cannot_go_out():
+    """A stalled line (the HAL takes no bytes): the reboot does not wait for
+    ever, it happens REBOOT_WAIT_TICKS ticks after the command."""
+    from metal.core.firmware import REBOOT_WAIT_TICKS
+
+    b = SimBoard()
+    b.run(30)
+    executed = b.trace(lambda b: b.fw.link.commands)
+    b.send_cmd(OP_REBOOT)
+    b.run_until(lambda b: executed[-1] > executed[0], 5, "the command runs")
+    ran = b.tick - 1  # the board tick that executed it
+    b.hal.serial_write = lambda buf, start, n: 0  # nothing leaves the board any more
+    b.run_until(lambda b: b.hal.reboot_requested, REBOOT_WAIT_TICKS + 5, "reboot")
+    assert b.tick - 1 - ran == REBOOT_WAIT_TICKS
